@@ -1,0 +1,54 @@
+"""Packaging for sktransfer."""
+
+import re
+from pathlib import Path
+
+from setuptools import find_packages, setup
+
+HERE = Path(__file__).parent
+VERSION = re.search(
+    r'^__version__ = "([^"]+)"', (HERE / "sktransfer" / "__init__.py").read_text(), re.M
+).group(1)
+
+EXTRAS = {
+    "plot": ["matplotlib>=3.6"],
+    "test": [
+        "pytest>=7",
+        "hypothesis>=6",
+        "matplotlib>=3.6",
+    ],
+    "docs": [
+        "sphinx>=7",
+        "numpydoc>=1.6",
+        "sphinx-gallery>=0.15",
+        "matplotlib>=3.6",
+    ],
+}
+
+setup(
+    name="sktransfer",
+    version=VERSION,
+    description="Transfer learning as a first-class citizen of scikit-learn",
+    long_description=(HERE / "README.md").read_text(encoding="utf-8"),
+    long_description_content_type="text/markdown",
+    license="BSD-3-Clause",
+    packages=find_packages(include=["sktransfer", "sktransfer.*"]),
+    python_requires=">=3.10",
+    install_requires=[
+        "torch>=2.1",
+        "torchvision>=0.16",
+        "scikit-learn>=1.6",
+        "skorch>=1.0",
+        "numpy>=1.23",
+        "pandas>=1.5",
+        "tqdm>=4.60",
+        "safetensors>=0.4",
+        "pillow>=9",
+    ],
+    extras_require=EXTRAS,
+    classifiers=[
+        "Programming Language :: Python :: 3",
+        "Intended Audience :: Science/Research",
+        "Topic :: Scientific/Engineering :: Artificial Intelligence",
+    ],
+)

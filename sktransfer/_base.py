@@ -1,0 +1,130 @@
+"""What the three estimators share: model resolution, devices, input probing."""
+
+from __future__ import annotations
+
+import numbers
+
+import numpy as np
+import torch
+from sklearn.base import BaseEstimator, clone
+from torch import nn
+
+from ._blocks import check_split_matches
+from ._inputs import make_batch
+from ._weights import resolve_model
+
+__all__ = ["TransferEstimatorMixin", "resolve_device", "seed_from_random_state"]
+
+
+def resolve_device(device):
+    """``"auto"`` -> ``"cuda"`` when available, else ``"cpu"``; check the rest."""
+    if isinstance(device, torch.device):
+        device = str(device)
+    if not isinstance(device, str):
+        raise TypeError(
+            f"device must be 'cpu', 'cuda', 'cuda:<index>' or 'auto', got "
+            f"{type(device).__name__} {device!r}."
+        )
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        dev = torch.device(device)
+    except RuntimeError as exc:
+        raise ValueError(
+            f"device={device!r} is not a valid torch device; use 'cpu', 'cuda', "
+            "'cuda:<index>' or 'auto'."
+        ) from exc
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(
+            f"device={device!r} but CUDA is not available on this machine (torch "
+            f"{torch.__version__}); use device='cpu' or device='auto'."
+        )
+    return device
+
+
+def seed_from_random_state(random_state):
+    """A torch seed (int) drawn from a scikit-learn ``random_state``."""
+    from sklearn.utils import check_random_state
+
+    rng = check_random_state(random_state)
+    return int(rng.randint(0, 2**31 - 1))
+
+
+def has_lazy_params(module):
+    return any(isinstance(p, nn.parameter.UninitializedParameter) for p in module.parameters())
+
+
+def _check_positive_int(value, name):
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be a positive int, got {type(value).__name__} {value!r}.")
+    if value < 1:
+        raise ValueError(f"{name}={value} must be >= 1.")
+
+
+class TransferEstimatorMixin:
+    """Shared machinery of sktransfer's estimators.
+
+    Subclasses have ``model``, ``weights``, ``preprocess``, ``batch_size``,
+    ``device`` and ``random_state`` parameters.
+    """
+
+    def __sklearn_clone__(self):
+        # The pretrained module is read-only for sktransfer (every fit works on a
+        # private copy), so clones share it instead of deep-copying its weights.
+        # A fitted sktransfer estimator used as the source model is shared too:
+        # sklearn's clone would otherwise return it unfitted.
+        model = self.model
+        if isinstance(model, nn.Module) or (
+            hasattr(model, "__sktransfer_model__") and not isinstance(model, type)
+        ):
+            params = {
+                k: clone(v, safe=False)
+                for k, v in self.get_params(deep=False).items()
+                if k != "model"
+            }
+            return type(self)(model=model, **params)
+        return BaseEstimator.__sklearn_clone__(self)
+
+    def _resolve_pretrained(self):
+        """A private copy of the pretrained net, split into blocks."""
+        return resolve_model(self.model, self.weights)
+
+    def _preprocess_fn(self, resolved):
+        preprocess = self.preprocess
+        if isinstance(preprocess, str):
+            if preprocess != "auto":
+                raise ValueError(
+                    f"preprocess={preprocess!r} is not valid; use 'auto', None or a callable."
+                )
+            return resolved.preprocess
+        if preprocess is None or callable(preprocess):
+            return preprocess
+        raise TypeError(
+            f"preprocess must be 'auto', None or a callable, got {type(preprocess).__name__}."
+        )
+
+    def _probe(self, resolved, data, preprocess, seed):
+        """Run two samples through the net: materialise lazy layers, check the split.
+
+        Returns the head-input features of the probe batch (CPU tensor).
+        """
+        net = resolved.net
+        sample = make_batch(data, 0, min(2, len(data)), preprocess)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            was_training = net.training
+            net.eval()
+            try:
+                with torch.no_grad():
+                    features = net.forward_features(sample)
+            except Exception as exc:  # noqa: BLE001 - re-raised with context below
+                raise ValueError(
+                    f"The pretrained model ({resolved.description}) cannot process X: a batch "
+                    f"of shape {tuple(sample.shape)} fails with {type(exc).__name__}: {exc}. "
+                    "Check that X has the layout the model expects (number of features, "
+                    "(n, C, H, W) float or (n, H, W, C) uint8 images)."
+                ) from exc
+            finally:
+                net.train(was_training)
+        check_split_matches(net, resolved.original, sample)
+        return features

@@ -1,0 +1,468 @@
+"""Split a network into ordered blocks plus a head.
+
+Every pretrained network that sktransfer handles is turned into a
+:class:`BlockNet`: an ordered list of *blocks* (input side first), a
+parameter-free ``pre_head`` (pooling / flattening between the last block and
+the head) and a *head* (the final classification/regression layer).  The
+forward pass of a ``BlockNet`` is::
+
+    x -> block_0 -> ... -> block_{n-1} -> pre_head -> head -> post_head
+
+``freeze_depth=k`` freezes blocks ``0..k-1``; feature extraction returns the
+output of one block (or the head's input).
+
+How a model is split:
+
+* :class:`BlockNet`: used as it is.
+* ``nn.Sequential``: a new block starts at each child that has parameters;
+  parameter-free children (activations, pooling, dropout, flatten) join the
+  block before them.  The last ``nn.Linear`` child is the head.
+* torchvision families: a hand-checked split (see ``_families.py``).
+* any other module: its top-level children in order, the last ``nn.Linear``
+  child is the head.  Because such a module's ``forward`` may do more than call
+  its children in order, this *default* split is verified against the model's
+  own forward on the first batch seen (see :func:`check_split_matches`).
+  Name the blocks explicitly with :func:`split_model` when the default is wrong.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import torch
+from torch import nn
+
+__all__ = ["BlockNet", "split_model", "list_blocks", "to_blocknet"]
+
+
+def _has_params(module):
+    return any(True for _ in module.parameters())
+
+
+def _n_params(module):
+    total = 0
+    for p in module.parameters():
+        if isinstance(p, nn.parameter.UninitializedParameter):
+            continue
+        total += p.numel()
+    return total
+
+
+class BlockNet(nn.Module):
+    """A network as ordered blocks, a parameter-free neck and a head.
+
+    Built by :func:`split_model` (explicit block names), or automatically from
+    any model passed as ``model=`` to sktransfer's estimators.  A fitted
+    estimator's ``module_`` is a ``BlockNet``.
+
+    Parameters
+    ----------
+    blocks : list of (str, nn.Module)
+        The blocks, input side first, with their names.
+    head : nn.Module or None, default=None
+        The final layer. ``None`` means the network has no head (an encoder):
+        its output is the last block's output.
+    pre_head : nn.Module or None, default=None
+        Parameter-free module between the last block and the head
+        (e.g. global average pooling and flatten).
+    post_head : nn.Module or None, default=None
+        Parameter-free module after the head (e.g. a trailing ``Softmax`` of a
+        ``Sequential``). It is dropped when the head is replaced.
+    head_name : str, default="head"
+        Name of the head in the original model, for display.
+
+    Attributes
+    ----------
+    block_names : list of str
+        Names of the blocks, input side first.
+    split_kind : str
+        How the split was obtained: ``"explicit"``, ``"sequential"``,
+        ``"family:<name>"`` or ``"default"``.
+
+    Examples
+    --------
+    >>> from torch import nn
+    >>> from sktransfer import split_model
+    >>> net = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 8),
+    ...                     nn.ReLU(), nn.Linear(8, 2))
+    >>> bnet = split_model(net)
+    >>> bnet.block_names
+    ['0-1', '2-3']
+    """
+
+    def __init__(self, blocks, head=None, pre_head=None, post_head=None,
+                 head_name="head", split_kind="explicit"):
+        super().__init__()
+        blocks = list(blocks)
+        if not blocks and head is None:
+            raise ValueError("A BlockNet needs at least one block or a head.")
+        self.block_names = [str(name) for name, _ in blocks]
+        self.blocks = nn.ModuleList([module for _, module in blocks])
+        for name, module in (("pre_head", pre_head), ("post_head", post_head)):
+            if module is not None and _has_params(module):
+                raise ValueError(
+                    f"{name} must be parameter-free, got a {type(module).__name__} "
+                    "with parameters; put it in a block instead."
+                )
+        self.pre_head = pre_head if pre_head is not None else nn.Identity()
+        self.head = head if head is not None else nn.Identity()
+        self.post_head = post_head if post_head is not None else nn.Identity()
+        self.has_head = head is not None
+        self.head_name = head_name if head is not None else None
+        self.split_kind = split_kind
+
+    def __len__(self):
+        return len(self.blocks)
+
+    def forward_features(self, x, stop=None, start=0):
+        """Run blocks ``start..stop-1``; ``stop=None`` also applies ``pre_head``."""
+        end = len(self.blocks) if stop is None else stop
+        for block in self.blocks[start:end]:
+            x = block(x)
+        if stop is None:
+            x = self.pre_head(x)
+        return x
+
+    def forward_head(self, x):
+        return self.post_head(self.head(x))
+
+    def forward(self, x):
+        return self.forward_head(self.forward_features(x))
+
+    def extra_repr(self):
+        return f"block_names={self.block_names}, split_kind={self.split_kind!r}"
+
+
+class _Chain(nn.Sequential):
+    """A ``Sequential`` that keeps references to submodules of another model."""
+
+
+def _chain(modules):
+    modules = [m for m in modules if m is not None]
+    if len(modules) == 1:
+        return modules[0]
+    return _Chain(*modules)
+
+
+def _last_linear_index(children):
+    for i in range(len(children) - 1, -1, -1):
+        if isinstance(children[i][1], nn.Linear):
+            return i
+    return None
+
+
+def _group_children(children, kind):
+    """Blocks from (name, module) children: a new block at each parametrised child."""
+    head_idx = _last_linear_index(children)
+    body = children if head_idx is None else children[:head_idx]
+    post = [] if head_idx is None else children[head_idx + 1:]
+    if any(_has_params(m) for _, m in post):
+        # parametrised layers after the last Linear: no clean head, keep all as blocks
+        body, post, head_idx = children, [], None
+    groups = []
+    for name, module in body:
+        if _has_params(module) or not groups:
+            groups.append([(name, module)])
+        else:
+            groups[-1].append((name, module))
+    # a leading parameter-free group followed by nothing parametrised is fine;
+    # a leading parameter-free child joins the first parametrised block
+    if len(groups) >= 2 and not any(_has_params(m) for _, m in groups[0]):
+        groups[1] = groups[0] + groups[1]
+        groups.pop(0)
+    blocks = []
+    for group in groups:
+        names = [n for n, _ in group]
+        name = names[0] if len(names) == 1 else f"{names[0]}-{names[-1]}"
+        blocks.append((name, _chain([m for _, m in group])))
+    head = None if head_idx is None else children[head_idx][1]
+    head_name = None if head_idx is None else children[head_idx][0]
+    post_head = _chain([m for _, m in post]) if post else None
+    return BlockNet(blocks, head=head, post_head=post_head,
+                    head_name=head_name or "head", split_kind=kind)
+
+
+def _resolve_names(model, names, what):
+    modules = dict(model.named_modules())
+    out = []
+    for name in names:
+        if not isinstance(name, str):
+            raise TypeError(f"{what} must be module names (str), got {name!r}.")
+        if name not in modules or name == "":
+            close = [n for n in modules if n and n.split(".")[-1] == name.split(".")[-1]]
+            top = [n for n, _ in model.named_children()]
+            raise ValueError(
+                f"{what}: {type(model).__name__} has no submodule {name!r}. "
+                f"Top-level children are {top}" + (f"; did you mean {close}?" if close else ".")
+            )
+        out.append((name, modules[name]))
+    return out
+
+
+def split_model(model, blocks=None, head="auto", pre_head=None):
+    """Split ``model`` into blocks and a head, explicitly or by the rules.
+
+    Parameters
+    ----------
+    model : nn.Module
+        The network. It is not copied: the returned ``BlockNet`` shares its
+        submodules (and parameters) with ``model``.
+    blocks : list of (str or list of str), default=None
+        Names of submodules (as in ``model.named_modules()``), one entry per
+        block, input side first. An entry that is a list of names makes one
+        block that runs those submodules in order. ``None`` applies the
+        automatic rules (``Sequential`` rule, torchvision family split, or top-level
+        children).
+    head : str or None, default="auto"
+        Name of the head submodule. ``"auto"``: the last ``nn.Linear`` among
+        the model's top-level children (or the family's head). ``None``: no
+        head (the network is an encoder).
+    pre_head : nn.Module or list of str, default=None
+        Parameter-free step(s) between the last block and the head, e.g.
+        ``nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten())``, or names of
+        such submodules in ``model``.
+
+    Returns
+    -------
+    BlockNet
+        Runs ``blocks -> pre_head -> head``. When you give ``blocks``, the
+        split is yours: sktransfer trusts that running them in order
+        reproduces the model.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from torch import nn
+    >>> from sktransfer import split_model
+    >>> class Net(nn.Module):
+    ...     def __init__(self):
+    ...         super().__init__()
+    ...         self.body = nn.Sequential(nn.Linear(4, 8), nn.ReLU())
+    ...         self.out = nn.Linear(8, 3)
+    ...     def forward(self, x):
+    ...         return self.out(self.body(x))
+    >>> bnet = split_model(Net(), blocks=["body"], head="out")
+    >>> bnet.block_names, bnet.head_name
+    (['body'], 'out')
+    >>> bnet(torch.zeros(2, 4)).shape
+    torch.Size([2, 3])
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"split_model expects an nn.Module, got {type(model).__name__}.")
+    if blocks is None:
+        if head != "auto" or pre_head is not None:
+            raise ValueError(
+                "head= and pre_head= are only used together with blocks=[...]; "
+                "pass the block names too."
+            )
+        return _auto_split(model)
+    if isinstance(blocks, str) or not isinstance(blocks, (list, tuple)):
+        raise TypeError(
+            f"blocks must be a list of submodule names (or lists of names), got {blocks!r}."
+        )
+    block_list = []
+    for entry in blocks:
+        names = [entry] if isinstance(entry, str) else list(entry)
+        if not names:
+            raise ValueError("blocks contains an empty list; every block needs a module.")
+        resolved = _resolve_names(model, names, "blocks")
+        name = names[0] if len(names) == 1 else f"{names[0]}-{names[-1]}"
+        block_list.append((name, _chain([m for _, m in resolved])))
+    if head == "auto":
+        children = list(model.named_children())
+        idx = _last_linear_index(children)
+        if idx is None:
+            raise ValueError(
+                f"head='auto' found no nn.Linear child in {type(model).__name__}; "
+                "pass head='<module name>' or head=None for an encoder."
+            )
+        head_name, head_mod = children[idx]
+    elif head is None:
+        head_name, head_mod = None, None
+    else:
+        head_name, head_mod = _resolve_names(model, [head], "head")[0]
+    if isinstance(pre_head, (list, tuple)):
+        pre_head = _chain([m for _, m in _resolve_names(model, list(pre_head), "pre_head")])
+    return BlockNet(block_list, head=head_mod, pre_head=pre_head,
+                    head_name=head_name or "head", split_kind="explicit")
+
+
+def _auto_split(model):
+    if isinstance(model, BlockNet):
+        return model
+    if isinstance(model, nn.Sequential):
+        return _group_children(list(model.named_children()), "sequential")
+    from ._families import split_family
+
+    found = split_family(model)
+    if found is not None:
+        return found
+    children = list(model.named_children())
+    if not children:
+        raise ValueError(
+            f"Cannot split a {type(model).__name__} without child modules into blocks; "
+            "wrap it, e.g. nn.Sequential(model), or use sktransfer.split_model."
+        )
+    return _group_children(children, "default")
+
+
+def to_blocknet(model):
+    """The automatic split of ``model`` (no copy; shares parameters)."""
+    return split_model(model)
+
+
+def check_split_matches(bnet, original, sample):
+    """Check that a *default* split reproduces ``original``'s forward on ``sample``.
+
+    Only default splits (top-level children of an arbitrary module) need this:
+    ``Sequential``, torchvision families and explicit splits are trusted.
+    Raises ``ValueError`` naming the fix when they differ.
+    """
+    if bnet.split_kind != "default" or original is None:
+        return
+    problem = None
+    with torch.random.fork_rng(devices=[]), torch.inference_mode():
+        was_training = original.training
+        original.eval()
+        try:
+            try:
+                expected = original(sample)
+                got = bnet(sample)
+            except Exception as exc:  # noqa: BLE001 - reported to the user below
+                problem = f"running its children in order failed ({type(exc).__name__}: {exc})"
+            else:
+                if not isinstance(expected, torch.Tensor):
+                    problem = f"its forward returns a {type(expected).__name__}, not a tensor"
+                elif expected.shape != got.shape or not torch.allclose(
+                    expected, got, rtol=1e-4, atol=1e-5
+                ):
+                    problem = "running its children in order gives a different output"
+        finally:
+            original.train(was_training)
+    if problem is not None:
+        names = [n for n, _ in original.named_children()]
+        raise ValueError(
+            f"The default block split of {type(original).__name__} (its top-level children "
+            f"{names} in order, last nn.Linear as head) does not reproduce its forward: "
+            f"{problem}. Name the blocks explicitly: "
+            "model=sktransfer.split_model(net, blocks=[...], head='...', pre_head=...)."
+        )
+
+
+def list_blocks(model, weights=None, input_shape=None):
+    """Describe the blocks of ``model``: what each ``freeze_depth`` freezes.
+
+    Parameters
+    ----------
+    model : str, nn.Module, class, callable or fitted sktransfer estimator
+        Anything accepted as ``model=`` by the estimators.
+    weights : str, path or None, default=None
+        As for the estimators. Loading weights is only needed when the
+        parameter count or shapes depend on them (they rarely do).
+    input_shape : tuple of int, default=None
+        Shape of one input sample (without the batch axis) used to compute
+        each block's output shape, e.g. ``(3, 224, 224)``. By default it is
+        inferred where possible (torchvision models, a first ``nn.Linear``).
+
+    Returns
+    -------
+    blocks : pandas.DataFrame
+        One row per block with columns ``index``, ``name``, ``n_params``,
+        ``output_shape`` (``None`` where unknown) and ``frozen_by`` (the
+        smallest ``freeze_depth`` that freezes the block). The head is described in
+        ``blocks.attrs["head"]`` (name and parameter count).
+
+    Examples
+    --------
+    >>> from torch import nn
+    >>> from sktransfer import list_blocks
+    >>> net = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 8),
+    ...                     nn.ReLU(), nn.Linear(8, 2))
+    >>> list_blocks(net)[["index", "name", "n_params", "output_shape"]]
+       index name  n_params output_shape
+    0      0  0-1        40       (8,)
+    1      1  2-3        72       (8,)
+    """
+    import pandas as pd
+
+    from ._weights import resolve_model
+
+    resolved = resolve_model(model, weights)
+    bnet = resolved.net
+    shape = input_shape if input_shape is not None else resolved.input_shape
+    shapes = [None] * len(bnet.blocks)
+    if shape is not None and not _has_lazy(bnet):
+        try:
+            shapes = _block_output_shapes(bnet, tuple(shape))
+        except Exception as exc:  # noqa: BLE001
+            if input_shape is not None:
+                raise ValueError(
+                    f"Running an input of shape {tuple(input_shape)} through the blocks "
+                    f"failed: {exc}. Check input_shape (one sample, no batch axis)."
+                ) from exc
+    rows = []
+    for i, (name, block) in enumerate(zip(bnet.block_names, bnet.blocks)):
+        rows.append({
+            "index": i,
+            "name": name,
+            "n_params": _n_params(block),
+            "output_shape": shapes[i],
+            "frozen_by": f"freeze_depth>={i + 1}",
+        })
+    df = pd.DataFrame(rows, columns=["index", "name", "n_params", "output_shape", "frozen_by"])
+    df.attrs["head"] = {
+        "name": bnet.head_name,
+        "n_params": _n_params(bnet.head) if bnet.has_head else 0,
+    }
+    df.attrs["split_kind"] = bnet.split_kind
+    return df
+
+
+def _has_lazy(module):
+    return any(isinstance(p, nn.parameter.UninitializedParameter) for p in module.parameters())
+
+
+def _block_output_shapes(bnet, shape):
+    bnet = copy.deepcopy(bnet).eval()
+    x = torch.zeros((2, *shape))
+    shapes = []
+    with torch.inference_mode():
+        for block in bnet.blocks:
+            x = block(x)
+            shapes.append(tuple(int(s) for s in x.shape[1:]))
+    return shapes
+
+
+def freeze_blocks(bnet, depth):
+    """Set ``requires_grad=False`` on blocks ``0..depth-1``; return frozen param names."""
+    frozen = set()
+    for i in range(depth):
+        for name, p in bnet.blocks[i].named_parameters():
+            p.requires_grad_(False)
+            frozen.add(f"blocks.{i}.{name}")
+    return frozen
+
+
+def check_freeze_depth(freeze_depth, n_blocks):
+    """Validate ``freeze_depth`` against ``n_blocks``; return it as an int."""
+    if isinstance(freeze_depth, str):
+        if freeze_depth == "all":
+            return n_blocks
+        raise ValueError(
+            f"freeze_depth={freeze_depth!r} is not valid; use an int in [0, {n_blocks}] "
+            "or 'all'."
+        )
+    if isinstance(freeze_depth, (bool, np.bool_)) or not isinstance(
+        freeze_depth, (int, np.integer)
+    ):
+        raise TypeError(
+            f"freeze_depth must be an int or 'all', got {type(freeze_depth).__name__} "
+            f"{freeze_depth!r}."
+        )
+    if not 0 <= freeze_depth <= n_blocks:
+        raise ValueError(
+            f"freeze_depth={freeze_depth} is out of range: the model has {n_blocks} blocks, "
+            f"so use 0..{n_blocks} or 'all' (see sktransfer.list_blocks(model))."
+        )
+    return int(freeze_depth)

@@ -1,0 +1,278 @@
+"""FeatureExtractorTransformer: a frozen pretrained network as a scikit-learn transformer."""
+
+from __future__ import annotations
+
+import numbers
+import re
+
+import numpy as np
+import torch
+from sklearn.base import BaseEstimator, TransformerMixin, _fit_context
+from sklearn.utils._param_validation import Interval, StrOptions
+from sklearn.utils.validation import check_is_fitted
+
+from ._base import TransferEstimatorMixin, resolve_device, seed_from_random_state
+from ._inputs import iter_batches, validate_input
+
+__all__ = ["FeatureExtractorTransformer", "pool_features", "resolve_layer"]
+
+_POOLINGS = ("avg", "max", "flatten")
+
+
+def pool_features(x, pooling, channels_last=False):
+    """Turn a block output into one vector per sample.
+
+    2-D outputs are returned as they are. Otherwise ``"avg"``/``"max"`` reduce
+    every axis except the batch and the channel axis (axis 1, or the last axis
+    when ``channels_last``, as for transformer tokens ``(n, tokens, dim)``), and
+    ``"flatten"`` keeps everything.
+    """
+    if x.ndim == 2:
+        return x
+    if pooling == "flatten":
+        return x.reshape(x.shape[0], -1)
+    if channels_last:
+        dims = tuple(range(1, x.ndim - 1))
+    else:
+        dims = tuple(range(2, x.ndim))
+    if pooling == "avg":
+        return x.mean(dim=dims)
+    return x.amax(dim=dims)
+
+
+def resolve_layer(layer, net):
+    """Map ``layer`` to ``stop`` for ``BlockNet.forward_features``.
+
+    Returns ``(stop, name, after_head)``: ``stop=None`` means the head's input.
+    """
+    names = net.block_names
+    n = len(names)
+    if layer is None or layer == "head_input":
+        return None, "head_input", False
+    if layer == "head":
+        return None, "head", True
+    if isinstance(layer, (bool, np.bool_)):
+        raise TypeError(f"layer must be an int, a block name or None, got {layer!r}.")
+    if isinstance(layer, (int, np.integer)):
+        if not -n <= layer < n:
+            raise ValueError(
+                f"layer={layer} is out of range: the model has {n} blocks {names}, so use "
+                f"an index in [{-n}, {n - 1}], a block name, or None for the head's input."
+            )
+        idx = int(layer) % n
+        return idx + 1, names[idx], False
+    if isinstance(layer, str):
+        if layer in names:
+            idx = names.index(layer)
+            return idx + 1, layer, False
+        # 'a-b' blocks (several Sequential children) answer to their last child's name
+        ends = [nm.rsplit("-", 1)[-1] for nm in names]
+        if ends.count(layer) == 1:
+            idx = ends.index(layer)
+            return idx + 1, names[idx], False
+        raise ValueError(
+            f"layer={layer!r} is not a block of this model; its blocks are {names} "
+            "(see sktransfer.list_blocks(model)). Use one of these names, an int index, "
+            "'head' or None for the head's input."
+        )
+    raise TypeError(
+        f"layer must be an int, a block name, 'head' or None, got {type(layer).__name__}."
+    )
+
+
+class FeatureExtractorTransformer(TransferEstimatorMixin, TransformerMixin, BaseEstimator):
+    """Use a frozen pretrained network as a feature extractor.
+
+    ``transform`` runs ``X`` through the pretrained blocks up to ``layer`` in
+    eval mode, without autograd, batch by batch, and returns one feature
+    vector per sample. Put it in a :class:`~sklearn.pipeline.Pipeline` before
+    any scikit-learn estimator.
+
+    Parameters
+    ----------
+    model : str, nn.Module, callable or fitted sktransfer estimator, default=None
+        The pretrained network: a torchvision architecture name (``"resnet18"``),
+        an ``nn.Module`` (never modified), a class or zero-argument callable
+        returning one, or a fitted sktransfer estimator. Required.
+    weights : str, path or None, default=None
+        ``None`` keeps the module's weights; a torchvision weights name
+        (``"DEFAULT"``, ``"IMAGENET1K_V1"``) for string models; or a local
+        state-dict file (``.pt``/``.pth``/``.safetensors``).
+    layer : int, str or None, default=None
+        Which output to return: ``None`` the head's input (the usual
+        "penultimate" features), an int block index (negative counts from the
+        end), a block name (see :func:`list_blocks`), or ``"head"`` for the
+        pretrained head's output.
+    pooling : {"avg", "max", "flatten"}, default="avg"
+        How a spatial map (or a sequence of tokens) becomes a vector.
+    batch_size : int, default=64
+        Samples per forward pass; memory use is bounded by it, not by ``len(X)``.
+    device : str, default="auto"
+        ``"cpu"``, ``"cuda"``, ``"cuda:<i>"`` or ``"auto"`` (CUDA when available).
+    preprocess : "auto", callable or None, default="auto"
+        Image preprocessing for uint8 image arrays and image files/PIL images:
+        ``"auto"`` uses the torchvision weights' own transforms when they are
+        known (else scales pixels to ``[0, 1]``); a callable receives a PIL image
+        (files) or a uint8 tensor batch ``(n, C, H, W)`` (arrays). Float arrays and
+        tables are passed to the network as they are.
+    random_state : int, RandomState or None, default=None
+        Seeds the initialisation of lazy layers (``nn.LazyLinear``) that the
+        model materialises on its first batch; has no other effect.
+
+    Attributes
+    ----------
+    module_ : BlockNet
+        The network (a private copy, in eval mode, frozen).
+    layer_name_ : str
+        The name of the returned layer.
+    n_features_in_ : int
+        Number of input columns (2-D input only).
+    feature_names_in_ : ndarray of str
+        Column names of a DataFrame ``X``.
+    input_shape_ : tuple
+        Shape of one sample for array inputs with 3 or more dimensions.
+    n_features_out_ : int
+        Length of the feature vectors.
+    blocks_ : list of str
+        Block names of the model.
+
+    See Also
+    --------
+    FineTunedClassifier : fine-tune instead of freezing (``freeze_depth``).
+    list_blocks : the blocks ``layer`` can name.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from torch import nn
+    >>> from sktransfer import FeatureExtractorTransformer
+    >>> net = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3))
+    >>> X = np.random.RandomState(0).normal(size=(10, 4))
+    >>> fx = FeatureExtractorTransformer(model=net, device="cpu").fit(X)
+    >>> fx.transform(X).shape
+    (10, 8)
+    """
+
+    _parameter_constraints = {
+        "model": "no_validation",
+        "weights": "no_validation",
+        "layer": "no_validation",
+        "pooling": [StrOptions(set(_POOLINGS))],
+        "batch_size": [Interval(numbers.Integral, 1, None, closed="left")],
+        "device": "no_validation",
+        "preprocess": "no_validation",
+        "random_state": ["random_state"],
+    }
+
+    def __init__(self, model=None, weights=None, layer=None, pooling="avg", batch_size=64,
+                 device="auto", preprocess="auto", random_state=None):
+        self.model = model
+        self.weights = weights
+        self.layer = layer
+        self.pooling = pooling
+        self.batch_size = batch_size
+        self.device = device
+        self.preprocess = preprocess
+        self.random_state = random_state
+
+    @_fit_context(prefer_skip_nested_validation=True)
+    def fit(self, X, y=None):
+        """Load the pretrained network and check it runs on ``X``.
+
+        Parameters
+        ----------
+        X : array-like, DataFrame, image array or list of image paths / PIL images
+            Training input; only its layout matters (nothing is learned).
+        y : None
+            Ignored.
+
+        Returns
+        -------
+        self : FeatureExtractorTransformer
+        """
+        device = resolve_device(self.device)
+        data = validate_input(self, X, reset=True)
+        resolved = self._resolve_pretrained()
+        preprocess = self._preprocess_fn(resolved)
+        net = resolved.net
+        stop, name, after_head = resolve_layer(self.layer, net)
+        if after_head and not net.has_head:
+            raise ValueError(
+                "layer='head' but this model has no head (it is an encoder); use "
+                "layer=None for its output."
+            )
+        self._probe(resolved, data, preprocess, seed_from_random_state(self.random_state))
+        net.requires_grad_(False)
+        net.eval()
+        self.module_ = net.to(device)
+        self._preprocess = preprocess
+        self._stop, self._after_head = stop, after_head
+        self.layer_name_ = name
+        self.blocks_ = list(net.block_names)
+        self.device_ = device
+        first = self._features(data, stop=min(2, len(data)))
+        self.n_features_out_ = int(first.shape[1])
+        return self
+
+    def _features(self, data, stop=None):
+        """Features of ``data[:stop]``, batch by batch, into one preallocated array."""
+        n = len(data) if stop is None else stop
+        out = None
+        net = self.module_
+        channels_last = getattr(net, "channels_last", False)
+        with torch.inference_mode():
+            start = 0
+            sub = data if stop is None else type(data)(data.data[:stop], data.kind)
+            for batch in iter_batches(sub, self.batch_size, self._preprocess, self.device_):
+                if self._after_head:
+                    feats = net(batch)
+                else:
+                    feats = net.forward_features(batch, stop=self._stop)
+                feats = pool_features(feats, self.pooling, channels_last)
+                feats = feats.to("cpu", torch.float32).numpy()
+                if out is None:
+                    out = np.empty((n, feats.shape[1]), dtype=np.float32)
+                out[start:start + len(feats)] = feats
+                start += len(feats)
+        return out
+
+    def transform(self, X):
+        """Features of ``X`` from ``layer``.
+
+        Parameters
+        ----------
+        X : array-like, DataFrame, image array or list of image paths / PIL images
+            Same layout as in ``fit``.
+
+        Returns
+        -------
+        X_new : ndarray of shape (n_samples, n_features_out_), dtype float32
+        """
+        check_is_fitted(self, "module_")
+        data = validate_input(self, X, reset=False)
+        return self._features(data)
+
+    def get_feature_names_out(self, input_features=None):
+        """Names ``<layer>_<i>`` of the output features.
+
+        Parameters
+        ----------
+        input_features : array-like of str or None, default=None
+            Ignored (the features are not the input columns).
+
+        Returns
+        -------
+        feature_names_out : ndarray of str
+        """
+        check_is_fitted(self, "n_features_out_")
+        prefix = re.sub(r"[^0-9a-zA-Z_]+", "_", self.layer_name_)
+        if prefix[:1].isdigit():
+            prefix = f"block_{prefix}"
+        return np.asarray([f"{prefix}_{i}" for i in range(self.n_features_out_)], dtype=object)
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.input_tags.allow_nan = False
+        tags.requires_fit = True
+        tags.transformer_tags.preserves_dtype = ["float32"]
+        return tags

@@ -1,0 +1,236 @@
+"""``X`` -> validated input -> float32 tensor batches.
+
+Accepted inputs
+---------------
+* ``"tabular"``: a 2-D numeric array or DataFrame (passed to the net as float32).
+* ``"array"``: a 3-D, or 4-D float ``(n, C, H, W)`` numeric array, passed as it
+  is (cast to float32 batch by batch; no other preprocessing).
+* ``"uint8"``: a 4-D ``uint8`` array ``(n, H, W, C)`` with ``C`` in 1, 3, 4:
+  images; each batch becomes ``(n, C, H, W)`` and goes through ``preprocess``
+  (by default the torchvision weights' own transforms when known, else a
+  scaling to ``[0, 1]``).
+* ``"files"``: a list of image file paths or PIL images; loaded batch by batch
+  (memory bounded by ``batch_size``) and preprocessed like ``"uint8"``.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from sklearn.utils.validation import check_array, validate_data
+
+__all__ = ["InputData", "validate_input", "iter_batches", "n_samples"]
+
+
+@dataclass
+class InputData:
+    """Validated input: the data and how to turn it into tensors."""
+
+    data: object
+    kind: str  # "tabular", "array", "uint8" or "files"
+
+    def __len__(self):
+        return len(self.data)
+
+
+def _is_image_item(item):
+    if isinstance(item, (str, os.PathLike)):
+        return True
+    try:
+        from PIL import Image
+    except ImportError:  # pragma: no cover - pillow comes with torchvision
+        return False
+    return isinstance(item, Image.Image)
+
+
+def _as_file_list(X):
+    if isinstance(X, (list, tuple)) and len(X) > 0 and all(_is_image_item(x) for x in X):
+        return list(X)
+    if (
+        isinstance(X, np.ndarray)
+        and X.dtype == object
+        and X.ndim == 1
+        and len(X) > 0
+        and all(_is_image_item(x) for x in X)
+    ):
+        return list(X)
+    return None
+
+
+def validate_input(estimator, X, *, reset, y=None, y_kwargs=None):
+    """Validate ``X`` (and ``y``) the scikit-learn way; return ``InputData`` (and y).
+
+    With ``reset=True`` (``fit``) it records ``n_features_in_`` (2-D input) or
+    ``input_shape_`` (other arrays) and ``input_kind_``; with ``reset=False``
+    it checks that ``X`` matches what ``fit`` saw.
+    """
+    files = _as_file_list(X)
+    if files is not None:
+        return _finish(estimator, InputData(files, "files"), None, reset, y, y_kwargs)
+    ndim = getattr(X, "ndim", None)
+    if ndim is None and not hasattr(X, "__array__") and not hasattr(X, "iloc"):
+        try:
+            ndim = np.asarray(X).ndim
+        except (ValueError, TypeError):
+            ndim = None
+    if ndim is not None and ndim >= 3:
+        if y is not None:
+            X, y = validate_data(
+                estimator, X, y, reset=reset, allow_nd=True,
+                dtype=None, ensure_all_finite=True, **(y_kwargs or {}),
+            )
+        else:
+            X = check_array(X, allow_nd=True, dtype=None, ensure_all_finite=True)
+        if X.dtype.kind not in "fiub":
+            raise ValueError(
+                f"X must hold numbers (images or tensors); got dtype {X.dtype}. Convert "
+                "it with np.asarray(X, dtype=np.float32), or pass a list of image paths."
+            )
+        if X.dtype == np.uint8:
+            if X.ndim != 4 or X.shape[-1] not in (1, 3, 4):
+                raise ValueError(
+                    f"uint8 image arrays must have shape (n, H, W, C) with C in 1, 3 or 4; "
+                    f"got {X.shape}. Pass float arrays as (n, C, H, W) instead."
+                )
+            kind = "uint8"
+        else:
+            kind = "array"
+        # validate_data sets n_features_in_ = X.shape[1], meaningless for images
+        if reset and hasattr(estimator, "n_features_in_"):
+            del estimator.n_features_in_
+        return _finish(estimator, InputData(X, kind), X.shape[1:], reset, y, y_kwargs,
+                       validated=True)
+    if y is not None:
+        X, y = validate_data(
+            estimator, X, y, reset=reset, dtype=[np.float32, np.float64],
+            ensure_all_finite=True, **(y_kwargs or {}),
+        )
+    else:
+        X = validate_data(
+            estimator, X, reset=reset, dtype=[np.float32, np.float64], ensure_all_finite=True,
+        )
+    return _finish(estimator, InputData(X, "tabular"), X.shape[1:], reset, y, y_kwargs,
+                   validated=True)
+
+
+def _finish(estimator, data, shape, reset, y, y_kwargs, validated=False):
+    if reset:
+        estimator.input_kind_ = data.kind
+        if data.kind in ("array", "uint8"):
+            estimator.input_shape_ = tuple(int(s) for s in shape)
+        elif hasattr(estimator, "input_shape_"):
+            del estimator.input_shape_
+    else:
+        fitted_kind = getattr(estimator, "input_kind_", data.kind)
+        if data.kind != fitted_kind and not (
+            {data.kind, fitted_kind} <= {"files", "uint8"}
+        ):
+            raise ValueError(
+                f"X is {_describe(data.kind)}, but {type(estimator).__name__} was fitted on "
+                f"{_describe(fitted_kind)}; pass the same kind of input as to fit."
+            )
+        if data.kind in ("array", "uint8") and fitted_kind == data.kind:
+            expected = estimator.input_shape_
+            got = tuple(int(s) for s in shape)
+            if got != expected:
+                raise ValueError(
+                    f"X has samples of shape {got}, but {type(estimator).__name__} was "
+                    f"fitted on samples of shape {expected}; resize or reshape X to match."
+                )
+    if y is not None and not validated:
+        from sklearn.utils import check_consistent_length
+
+        y = check_array(y, ensure_2d=False, dtype=None, ensure_all_finite=True,
+                        input_name="y")
+        check_consistent_length(data.data, y)
+    if y is not None:
+        return data, y
+    return data
+
+
+def _describe(kind):
+    return {
+        "tabular": "a 2-D table",
+        "array": "a numeric array with 3 or more dimensions",
+        "uint8": "uint8 images (n, H, W, C)",
+        "files": "a list of image paths / PIL images",
+    }[kind]
+
+
+def n_samples(data):
+    return len(data.data)
+
+
+def _load_image(item):
+    from PIL import Image
+
+    if isinstance(item, (str, os.PathLike)):
+        path = os.fspath(item)
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"Image file {path!r} does not exist.")
+        with Image.open(path) as img:
+            return img.convert("RGB")
+    return item.convert("RGB") if item.mode not in ("RGB", "L") else item
+
+
+def _to_float_image(batch):
+    """uint8 ``(n, C, H, W)`` -> float in [0, 1]."""
+    return batch.to(torch.float32).div_(255.0)
+
+
+def _image_batch(items, preprocess):
+    from torchvision.transforms.functional import pil_to_tensor
+
+    tensors = []
+    for item in items:
+        img = _load_image(item)
+        if preprocess is not None:
+            t = preprocess(img)
+            if not isinstance(t, torch.Tensor):
+                t = pil_to_tensor(t)
+        else:
+            t = pil_to_tensor(img)
+        if t.dtype == torch.uint8:
+            t = _to_float_image(t)
+        tensors.append(t)
+    shapes = {tuple(t.shape) for t in tensors}
+    if len(shapes) > 1:
+        raise ValueError(
+            f"The images have different sizes after preprocessing {sorted(shapes)}; pass "
+            "preprocess=<a transform that resizes, e.g. torchvision.transforms.Resize((224, "
+            "224))> or resize the images first."
+        )
+    return torch.stack(tensors)
+
+
+def make_batch(data, start, stop, preprocess=None):
+    """Float32 tensor (CPU) for samples ``start:stop`` of ``data``."""
+    if data.kind == "files":
+        return _image_batch(data.data[start:stop], preprocess)
+    chunk = data.data[start:stop]
+    if hasattr(chunk, "iloc"):  # pragma: no cover - validated data is an ndarray
+        chunk = chunk.to_numpy()
+    if data.kind != "uint8" and chunk.dtype != np.float32:
+        chunk = chunk.astype(np.float32)  # one copy, straight to the net's dtype
+    elif not chunk.flags.writeable:
+        chunk = chunk.copy()  # torch refuses read-only memory
+    batch = torch.from_numpy(np.ascontiguousarray(chunk))
+    if data.kind == "uint8":
+        batch = batch.permute(0, 3, 1, 2)
+        if preprocess is not None:
+            batch = preprocess(batch)
+        if batch.dtype == torch.uint8:
+            batch = _to_float_image(batch)
+        return batch.to(torch.float32).contiguous()
+    return batch.to(torch.float32)
+
+
+def iter_batches(data, batch_size, preprocess=None, device="cpu"):
+    """Yield float32 tensors of at most ``batch_size`` samples on ``device``."""
+    n = len(data.data)
+    for start in range(0, n, batch_size):
+        batch = make_batch(data, start, min(start + batch_size, n), preprocess)
+        yield batch.to(device, non_blocking=True)

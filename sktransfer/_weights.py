@@ -1,0 +1,338 @@
+"""Resolve ``model`` + ``weights`` into a private, split copy of the pretrained network.
+
+Accepted ``model`` values:
+
+* a torchvision classification architecture name (``"resnet18"``), built with
+  ``torchvision.models.get_model``;
+* an ``nn.Module`` instance (deep-copied: the user's module is never modified);
+* a class or zero-argument callable returning an ``nn.Module``;
+* a fitted sktransfer estimator (anything with ``__sktransfer_model__``).
+
+``weights``: ``None``, a torchvision weights name (``"DEFAULT"``,
+``"IMAGENET1K_V1"``) for string models, or a path to a local state-dict file
+(``.pt``/``.pth``, read with ``torch.load(weights_only=True)``, or
+``.safetensors``).
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+import inspect
+import os
+import pickle
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from ._blocks import BlockNet, split_model
+
+__all__ = ["resolve_model", "load_state_dict_file", "WeightsUnavailableError", "ResolvedModel"]
+
+_STATE_DICT_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt", ".safetensors")
+
+
+class WeightsUnavailableError(OSError):
+    """Pretrained weights could not be downloaded and are not in the local cache."""
+
+
+@dataclass
+class ResolvedModel:
+    """A private copy of the pretrained network, split into blocks."""
+
+    net: BlockNet
+    original: nn.Module | None = None  # the (copied) model the split shares parameters with
+    preprocess: Callable | None = None  # image transform from the weights, if known
+    input_shape: tuple | None = None  # one sample's shape, if known
+    description: str = ""
+    extra: dict = field(default_factory=dict)
+
+
+def _torchvision_names():
+    import torchvision
+
+    return torchvision.models.list_models(module=torchvision.models)
+
+
+def _build_torchvision(name, weights):
+    import torchvision
+    from torchvision.models import get_model, get_model_weights
+
+    names = _torchvision_names()
+    if name not in names:
+        close = difflib.get_close_matches(name, names, n=5, cutoff=0.5)
+        hint = f" Did you mean {close}?" if close else ""
+        raise ValueError(
+            f"Unknown model name {name!r}: not a torchvision classification architecture.{hint} "
+            "See torchvision.models.list_models(module=torchvision.models), or pass an "
+            "nn.Module instance."
+        )
+    weights_enum = get_model_weights(name)
+    preprocess = None
+    input_shape = (3, 224, 224)
+    if weights is None or _looks_like_path(weights):
+        default = getattr(weights_enum, "DEFAULT", None)
+        if default is not None:
+            preprocess = default.transforms()
+        model = get_model(name, weights=None)
+        if weights is not None:
+            _load_into(model, weights)
+    else:
+        if not isinstance(weights, str):
+            raise TypeError(
+                f"weights must be None, a weights name such as 'DEFAULT' or a path to a "
+                f"state-dict file, got {type(weights).__name__}."
+            )
+        try:
+            w = weights_enum[weights] if weights != "DEFAULT" else weights_enum.DEFAULT
+        except KeyError:
+            available = ["DEFAULT"] + [w.name for w in weights_enum]
+            raise ValueError(
+                f"weights={weights!r} is not a known weights name for {name!r}; "
+                f"available: {available}, or a path to a local .pt/.pth/.safetensors file."
+            ) from None
+        preprocess = w.transforms()
+        try:
+            model = get_model(name, weights=w)
+        except (OSError, RuntimeError, ValueError) as exc:
+            hub_dir = Path(torch.hub.get_dir()) / "checkpoints"
+            filename = os.path.basename(w.url)
+            raise WeightsUnavailableError(
+                f"Could not download the pretrained weights {name}/{w.name} from {w.url} "
+                f"({type(exc).__name__}: {exc}). Either put the file {filename!r} into "
+                f"torchvision's cache folder {str(hub_dir)!r}, or download it elsewhere and "
+                f"pass its local path: model={name!r}, weights='/path/to/{filename}'."
+            ) from exc
+        crop = getattr(preprocess, "crop_size", None)
+        if crop:
+            input_shape = (3, int(crop[0]), int(crop[0]))
+    _ = torchvision  # keep import for side effects of model registration
+    return model, preprocess, input_shape
+
+
+def _looks_like_path(weights):
+    if isinstance(weights, os.PathLike):
+        return True
+    if isinstance(weights, str):
+        return (
+            weights.lower().endswith(_STATE_DICT_SUFFIXES)
+            or os.sep in weights
+            or "/" in weights
+            or os.path.exists(weights)
+        )
+    return False
+
+
+def _strip_prefix(state_dict, model_keys):
+    """Strip a ``module.`` (DataParallel) prefix when it makes the keys match."""
+    if state_dict and all(k.startswith("module.") for k in state_dict):
+        stripped = {k[len("module."):]: v for k, v in state_dict.items()}
+        if set(stripped) & set(model_keys):
+            return stripped
+    return state_dict
+
+
+def load_state_dict_file(path):
+    """Read a state dict from ``.safetensors`` or ``.pt``/``.pth`` without running code.
+
+    ``torch.load`` is always called with ``weights_only=True``: a file that
+    holds pickled Python objects other than tensors and containers is refused.
+    """
+    path = Path(os.fspath(path)).expanduser()
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"Weights file {str(path)!r} does not exist. Pass the path to a state-dict "
+            "file (.pt/.pth saved with torch.save(model.state_dict(), path), or "
+            ".safetensors)."
+        )
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        try:
+            return load_file(str(path), device="cpu")
+        except Exception as exc:  # noqa: BLE001 - any parse error is the same problem
+            raise ValueError(
+                f"Could not read {str(path)!r} as a safetensors file: {exc}"
+            ) from exc
+    try:
+        obj = torch.load(str(path), map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise ValueError(
+            f"Refused to load {str(path)!r}: it contains pickled Python objects, not only "
+            "tensors, and loading it could run arbitrary code (it was not run). Save the "
+            "weights with torch.save(model.state_dict(), path) or as .safetensors "
+            "(safetensors.torch.save_file), then pass that file."
+        ) from exc
+    except Exception as exc:  # noqa: BLE001
+        raise ValueError(
+            f"Could not read {str(path)!r} as a torch state-dict file "
+            f"({type(exc).__name__}: {exc}). Expected a file written by "
+            "torch.save(model.state_dict(), path) or a .safetensors file."
+        ) from exc
+    if isinstance(obj, dict):
+        for key in ("state_dict", "model_state_dict", "model"):
+            inner = obj.get(key)
+            if isinstance(inner, dict) and inner and all(
+                isinstance(v, torch.Tensor) for v in inner.values()
+            ):
+                obj = inner
+                break
+    if not isinstance(obj, dict) or not all(
+        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items()
+    ):
+        raise ValueError(
+            f"{str(path)!r} does not hold a state dict (a mapping of parameter names to "
+            f"tensors) but a {type(obj).__name__}. Save it with "
+            "torch.save(model.state_dict(), path)."
+        )
+    return obj
+
+
+def _load_into(model, path):
+    state = load_state_dict_file(path)
+    own = model.state_dict()
+    state = _strip_prefix(state, own)
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    mismatched = sorted(
+        f"{k}: file {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
+        for k in set(own) & set(state)
+        if tuple(state[k].shape) != tuple(own[k].shape)
+    )
+    if missing or unexpected or mismatched:
+        parts = []
+        if missing:
+            parts.append(f"missing keys {_short(missing)}")
+        if unexpected:
+            parts.append(f"unexpected keys {_short(unexpected)}")
+        if mismatched:
+            parts.append(f"shape mismatches {_short(mismatched)}")
+        raise ValueError(
+            f"The state dict in {os.fspath(path)!r} does not fit {type(model).__name__}: "
+            + "; ".join(parts)
+            + ". Check that the file was saved from the same architecture "
+            "(same constructor arguments, e.g. num_classes)."
+        )
+    model.load_state_dict(state, strict=True)
+
+
+def _short(items, n=5):
+    items = list(items)
+    more = f" ... and {len(items) - n} more" if len(items) > n else ""
+    return "[" + ", ".join(map(str, items[:n])) + "]" + more
+
+
+def _call_factory(model):
+    try:
+        sig = inspect.signature(model)
+    except (TypeError, ValueError):
+        sig = None
+    if sig is not None:
+        required = [
+            p for p in sig.parameters.values()
+            if p.default is inspect.Parameter.empty
+            and p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+        ]
+        if required:
+            raise TypeError(
+                f"model={getattr(model, '__name__', model)!r} is a callable that needs "
+                f"arguments {[p.name for p in required]}; pass a zero-argument callable "
+                "(e.g. functools.partial) or an nn.Module instance."
+            )
+    built = model()
+    if not isinstance(built, nn.Module):
+        raise TypeError(
+            f"model={getattr(model, '__name__', model)!r} returned a "
+            f"{type(built).__name__}, not an nn.Module."
+        )
+    return built
+
+
+def _first_linear_in_features(net):
+    for m in net.modules():
+        if isinstance(m, nn.LazyLinear) or isinstance(
+            getattr(m, "weight", None), nn.parameter.UninitializedParameter
+        ):
+            return None
+        if isinstance(m, nn.Linear):
+            return (m.in_features,)
+        if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d)):
+            return None
+    return None
+
+
+def resolve_model(model, weights=None):
+    """Build a private, split copy of the pretrained network.
+
+    Returns
+    -------
+    ResolvedModel
+        ``net`` is a :class:`BlockNet` that shares no parameters with the
+        caller's ``model``: modifying it never changes the user's module.
+    """
+    if model is None:
+        raise ValueError(
+            "model=None: pass a pretrained network, e.g. model='resnet18', an nn.Module, "
+            "or a fitted sktransfer estimator."
+        )
+    preprocess = None
+    input_shape = None
+    extra: dict[str, Any] = {}
+    if hasattr(model, "__sktransfer_model__") and not isinstance(model, type):
+        if weights is not None:
+            raise ValueError(
+                "weights must be None when model is a fitted sktransfer estimator: its "
+                "fitted network already carries the weights."
+            )
+        source = model.__sktransfer_model__()
+        net = copy.deepcopy(source.net)
+        return ResolvedModel(
+            net=net,
+            original=None,
+            preprocess=source.preprocess,
+            input_shape=source.input_shape,
+            description=f"fitted {type(model).__name__}",
+            extra=dict(source.extra),
+        )
+    if isinstance(model, str):
+        module, preprocess, input_shape = _build_torchvision(model, weights)
+        description = model if weights is None else f"{model} ({weights})"
+    elif isinstance(model, nn.Module):
+        module = copy.deepcopy(model)
+        description = type(model).__name__
+    elif callable(model):
+        module = _call_factory(model)
+        description = getattr(model, "__name__", type(model).__name__)
+    else:
+        raise TypeError(
+            f"model must be a torchvision model name, an nn.Module, a class or "
+            f"zero-argument callable returning one, or a fitted sktransfer estimator; "
+            f"got {type(model).__name__}."
+        )
+    if not isinstance(model, str) and weights is not None:
+        if isinstance(weights, str) and not _looks_like_path(weights):
+            raise ValueError(
+                f"weights={weights!r} looks like a torchvision weights name, which only "
+                "applies when model is an architecture name (e.g. model='resnet18'). For "
+                "an nn.Module pass weights=None or a path to a state-dict file."
+            )
+        _load_into(module, weights)
+    if isinstance(module, BlockNet):
+        net = module
+        original = None
+    else:
+        net = split_model(module)
+        original = module
+    if input_shape is None:
+        input_shape = _first_linear_in_features(net)
+    return ResolvedModel(
+        net=net,
+        original=original,
+        preprocess=preprocess,
+        input_shape=input_shape,
+        description=description,
+        extra=extra,
+    )
