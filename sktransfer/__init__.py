@@ -7,6 +7,7 @@ selection tools.
 
 from ._blocks import BlockNet, list_blocks, split_model
 from ._extract import FeatureExtractorTransformer
+from ._finetune import FineTunedClassifier, FineTunedRegressor
 from ._weights import WeightsUnavailableError
 
 __version__ = "0.1.0.dev0"
@@ -14,6 +15,8 @@ __version__ = "0.1.0.dev0"
 __all__ = [
     "BlockNet",
     "FeatureExtractorTransformer",
+    "FineTunedClassifier",
+    "FineTunedRegressor",
     "WeightsUnavailableError",
     "list_blocks",
     "split_model",

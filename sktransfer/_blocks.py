@@ -71,6 +71,12 @@ class BlockNet(nn.Module):
         ``Sequential``). It is dropped when the head is replaced.
     head_name : str, default="head"
         Name of the head in the original model, for display.
+    split_kind : str, default="explicit"
+        How the split was obtained (see Attributes).
+    channels_last : bool, default=False
+        Whether block outputs put the feature axis last (transformer tokens
+        ``(n, tokens, dim)``, Swin's ``(n, H, W, C)``); pooling then reduces the
+        middle axes instead of the trailing ones.
 
     Attributes
     ----------
@@ -92,7 +98,7 @@ class BlockNet(nn.Module):
     """
 
     def __init__(self, blocks, head=None, pre_head=None, post_head=None,
-                 head_name="head", split_kind="explicit"):
+                 head_name="head", split_kind="explicit", channels_last=False):
         super().__init__()
         blocks = list(blocks)
         if not blocks and head is None:
@@ -111,6 +117,7 @@ class BlockNet(nn.Module):
         self.has_head = head is not None
         self.head_name = head_name if head is not None else None
         self.split_kind = split_kind
+        self.channels_last = bool(channels_last)
 
     def __len__(self):
         return len(self.blocks)

@@ -22,8 +22,8 @@ Block names "a-b" cover the model's submodules ``a`` to ``b`` (inclusive);
 family         blocks (input side first)                                   head
 =============  ==========================================================  ==============
 ResNet         stem (conv1, bn1, relu, maxpool), layer1, layer2, layer3,   fc
-(ResNeXt,      layer4; pre_head: global avg pool + flatten
-Wide ResNet)
+               layer4; pre_head: global avg pool + flatten (also ResNeXt,
+               Wide ResNet)
 VGG            conv1 .. conv5 (``features`` cut after each MaxPool), fc6   classifier.6
                (avgpool, flatten, classifier[0:3]), fc7 (classifier[3:6])
 AlexNet        conv1 .. conv5 (one per conv, with its ReLU/MaxPool), fc6   classifier.6
@@ -36,15 +36,16 @@ MobileNetV3    ``features`` grouped by output resolution (large:           class
                features.0-1, .2-3, .4-6, .7-12, .13-16; small: features.0,
                .1, .2-3, .4-8, .9-12), then classifier (avgpool, flatten,
                classifier[0:3] = Linear, Hardswish, Dropout)
-EfficientNet   ``features`` grouped by output resolution (B0 and V2-S:     classifier.1
-(v1 and v2)    features.0-1, .2, .3, .4-5, .6-8); pre_head: avgpool,
-               flatten, classifier[0] (Dropout)
+EfficientNet   ``features`` grouped by output resolution (B0:              classifier.1
+               features.0-1, .2, .3, .4-5, .6-8; V2-S: same but .6-7);
+               pre_head: avgpool, flatten, classifier[0] (Dropout).
+               v1 and v2.
 MNASNet        ``layers`` grouped by output resolution (layers.0-7, .8,    classifier.1
                .9, .10-11, .12-16); pre_head: spatial mean, classifier[0]
 ShuffleNetV2   stem (conv1, maxpool), stage2, stage3, stage4-conv5;        fc
                pre_head: spatial mean
-RegNet         stem, block1, block2, block3, block4 (trunk_output stages); fc
-               pre_head: avgpool + flatten
+RegNet         stem, block1, block2, block3, block4 (the trunk_output      fc
+               stages); pre_head: avgpool + flatten
 DenseNet       conv0-pool0, denseblock1-transition1,                       classifier
                denseblock2-transition2, denseblock3-transition3,
                denseblock4-norm5; pre_head: ReLU, avg pool, flatten
@@ -54,9 +55,10 @@ ConvNeXt       stem (features.0), stage1 (features.1), stage2              class
                final LayerNorm2d has parameters, so the global pool,
                LayerNorm2d and Flatten end stage4, whose output is the
                pooled feature vector)
-Swin (v1, v2)  stem (features.0), stage1 (features.1), stage2              head
+Swin           stem (features.0), stage1 (features.1), stage2              head
                (features.2-3: patch merging + stage), stage3, stage4
-               (+ the final ``norm``); pre_head: permute, avgpool, flatten
+               (+ the final ``norm``); pre_head: permute, avgpool,
+               flatten. v1 and v2.
 SqueezeNet     ``features`` cut after each MaxPool (1.0: features.0-2,     classifier.1
                .3-6, .7-11, .12; 1.1: features.0-2, .3-5, .6-8, .9-12);    (a 1x1 Conv2d)
                pre_head: classifier[0] (Dropout); post_head: ReLU,
@@ -342,7 +344,7 @@ def _split_swin(m):
     blocks = [(name, _chain(mods)) for name, mods in blocks]
     pre_head = nn.Sequential(m.permute, m.avgpool, m.flatten)
     return BlockNet(blocks, head=m.head, pre_head=pre_head, head_name="head",
-                    split_kind="family:swin")
+                    split_kind="family:swin", channels_last=True)
 
 
 def _split_squeezenet(m):
@@ -364,7 +366,7 @@ def _split_vit(m):
     else:
         pre_head = _ClassToken()
     return BlockNet(blocks, head=heads.head, pre_head=pre_head, head_name="heads.head",
-                    split_kind="family:vit")
+                    split_kind="family:vit", channels_last=True)
 
 
 def _maybe_transform(m, modules):

@@ -67,6 +67,10 @@ def validate_input(estimator, X, *, reset, y=None, y_kwargs=None):
     ``input_shape_`` (other arrays) and ``input_kind_``; with ``reset=False``
     it checks that ``X`` matches what ``fit`` saw.
     """
+    if y is None and y_kwargs is not None:
+        raise ValueError(
+            f"{type(estimator).__name__} requires y to be passed, but the target y is None."
+        )
     files = _as_file_list(X)
     if files is not None:
         return _finish(estimator, InputData(files, "files"), None, reset, y, y_kwargs)
@@ -98,9 +102,6 @@ def validate_input(estimator, X, *, reset, y=None, y_kwargs=None):
             kind = "uint8"
         else:
             kind = "array"
-        # validate_data sets n_features_in_ = X.shape[1], meaningless for images
-        if reset and hasattr(estimator, "n_features_in_"):
-            del estimator.n_features_in_
         return _finish(estimator, InputData(X, kind), X.shape[1:], reset, y, y_kwargs,
                        validated=True)
     if y is not None:
@@ -119,6 +120,12 @@ def validate_input(estimator, X, *, reset, y=None, y_kwargs=None):
 def _finish(estimator, data, shape, reset, y, y_kwargs, validated=False):
     if reset:
         estimator.input_kind_ = data.kind
+        if data.kind != "tabular":
+            # n_features_in_ / feature_names_in_ describe 2-D input only: drop the
+            # ones validate_data sets for images (X.shape[1]) or a previous fit left.
+            for attr in ("n_features_in_", "feature_names_in_"):
+                if hasattr(estimator, attr):
+                    delattr(estimator, attr)
         if data.kind in ("array", "uint8"):
             estimator.input_shape_ = tuple(int(s) for s in shape)
         elif hasattr(estimator, "input_shape_"):

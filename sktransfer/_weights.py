@@ -77,9 +77,18 @@ def _build_torchvision(name, weights):
         default = getattr(weights_enum, "DEFAULT", None)
         if default is not None:
             preprocess = default.transforms()
-        model = get_model(name, weights=None)
-        if weights is not None:
-            _load_into(model, weights)
+        if weights is None:
+            model = get_model(name, weights=None)
+        else:
+            # Build the architecture torchvision builds for its pretrained weights, so
+            # that a local copy of the downloaded file gives the same network.
+            overrides, aux = _PRETRAINED_ARCH.get(name, ({}, ()))
+            model = get_model(name, weights=None, **overrides)
+            if aux:  # torchvision drops the auxiliary classifiers after loading
+                model.aux_logits = False
+                for attr in aux:
+                    setattr(model, attr, None)
+            _load_into(model, weights, ignore_prefixes=tuple(f"{a}." for a in aux))
     else:
         if not isinstance(weights, str):
             raise TypeError(
@@ -111,6 +120,14 @@ def _build_torchvision(name, weights):
             input_shape = (3, int(crop[0]), int(crop[0]))
     _ = torchvision  # keep import for side effects of model registration
     return model, preprocess, input_shape
+
+
+# Builders whose pretrained weights change the architecture (torchvision's
+# ``_ovewrite_named_param`` calls): constructor overrides, auxiliary heads it drops.
+_PRETRAINED_ARCH = {
+    "googlenet": ({"transform_input": True, "init_weights": False}, ("aux1", "aux2")),
+    "inception_v3": ({"transform_input": True, "init_weights": False}, ("AuxLogits",)),
+}
 
 
 def _looks_like_path(weights):
@@ -191,10 +208,12 @@ def load_state_dict_file(path):
     return obj
 
 
-def _load_into(model, path):
+def _load_into(model, path, ignore_prefixes=()):
     state = load_state_dict_file(path)
     own = model.state_dict()
     state = _strip_prefix(state, own)
+    if ignore_prefixes:
+        state = {k: v for k, v in state.items() if not k.startswith(ignore_prefixes)}
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))
     mismatched = sorted(
@@ -313,6 +332,12 @@ def resolve_model(model, weights=None):
             f"got {type(model).__name__}."
         )
     if not isinstance(model, str) and weights is not None:
+        if not isinstance(weights, (str, os.PathLike)):
+            raise TypeError(
+                f"weights must be None or a path to a state-dict file "
+                f"(.pt/.pth/.safetensors) when model is not an architecture name; got "
+                f"{type(weights).__name__}."
+            )
         if isinstance(weights, str) and not _looks_like_path(weights):
             raise ValueError(
                 f"weights={weights!r} looks like a torchvision weights name, which only "

@@ -1,0 +1,603 @@
+"""FineTunedClassifier and FineTunedRegressor: fine-tuning as scikit-learn estimators."""
+
+from __future__ import annotations
+
+import numbers
+import warnings
+from abc import abstractmethod
+
+import numpy as np
+import torch
+from sklearn.base import BaseEstimator, ClassifierMixin, RegressorMixin, _fit_context
+from sklearn.model_selection import train_test_split
+from sklearn.preprocessing import LabelEncoder
+from sklearn.utils._param_validation import Interval, StrOptions
+from sklearn.utils.multiclass import check_classification_targets
+from sklearn.utils.validation import check_is_fitted
+from torch import nn
+
+from ._base import TransferEstimatorMixin, resolve_device, seed_from_random_state
+from ._blocks import check_freeze_depth, freeze_blocks
+from ._extract import pool_features
+from ._inputs import iter_batches, validate_input
+from ._net import BatchDataset, FiniteLossCheck, TransferNet, _identity_collate
+from ._penalties import PENALTIES
+from ._weights import ResolvedModel
+
+__all__ = ["FineTunedClassifier", "FineTunedRegressor"]
+
+_OPTIMIZERS = {
+    "adamw": torch.optim.AdamW,
+    "adam": torch.optim.Adam,
+    "sgd": torch.optim.SGD,
+}
+
+
+class _GlobalPool(nn.Module):
+    """Parameter-free: pool a feature map (or tokens) to one vector per sample."""
+
+    def __init__(self, channels_last=False):
+        super().__init__()
+        self.channels_last = channels_last
+
+    def forward(self, x):
+        return pool_features(x, "avg", self.channels_last)
+
+
+def _make_head(n_in, n_out, hidden, dropout, pool, channels_last):
+    layers = [_GlobalPool(channels_last)] if pool else []
+    width = n_in
+    for h in hidden:
+        layers += [nn.Dropout(dropout)] if dropout else []
+        layers += [nn.Linear(width, h), nn.ReLU()]
+        width = h
+    layers += [nn.Dropout(dropout)] if dropout else []
+    layers.append(nn.Linear(width, n_out))
+    return layers[0] if len(layers) == 1 else nn.Sequential(*layers)
+
+
+class _BaseFineTuned(TransferEstimatorMixin, BaseEstimator):
+    """Shared fit/predict logic; the subclasses set the task."""
+
+    _parameter_constraints = {
+        "model": "no_validation",
+        "weights": "no_validation",
+        "freeze_depth": "no_validation",  # checked against the block count in fit
+        "penalty": [StrOptions({"l2", "l1", "l2_sp"}), None],
+        "alpha": [Interval(numbers.Real, 0, None, closed="left")],
+        "lr": [Interval(numbers.Real, 0, None, closed="neither")],
+        "backbone_lr_scale": [Interval(numbers.Real, 0, None, closed="left")],
+        "max_epochs": [Interval(numbers.Integral, 1, None, closed="left")],
+        "batch_size": [Interval(numbers.Integral, 1, None, closed="left")],
+        "optimizer": [StrOptions(set(_OPTIMIZERS)), type],
+        "weight_decay": [Interval(numbers.Real, 0, None, closed="left")],
+        "momentum": [Interval(numbers.Real, 0, 1, closed="both")],
+        "head_hidden_sizes": ["array-like"],
+        "dropout": [Interval(numbers.Real, 0, 1, closed="left")],
+        "reuse_head": ["boolean"],
+        "early_stopping": ["boolean"],
+        "validation_fraction": [Interval(numbers.Real, 0, 1, closed="neither")],
+        "n_iter_no_change": [Interval(numbers.Integral, 1, None, closed="left")],
+        "tol": [Interval(numbers.Real, 0, None, closed="left")],
+        "random_state": ["random_state"],
+        "device": "no_validation",
+        "preprocess": "no_validation",
+        "verbose": ["verbose"],
+        "net_kwargs": [dict, None],
+    }
+
+    def __init__(self, model=None, weights=None, *, freeze_depth=0, penalty="l2_sp",
+                 alpha=1e-3, lr=1e-3, backbone_lr_scale=0.1, max_epochs=50, batch_size=32,
+                 optimizer="adamw", weight_decay=0.0, momentum=0.9, head_hidden_sizes=(),
+                 dropout=0.0, reuse_head=False, early_stopping=False,
+                 validation_fraction=0.1, n_iter_no_change=10, tol=1e-4, random_state=None,
+                 device="auto", preprocess="auto", verbose=0, net_kwargs=None):
+        self.model = model
+        self.weights = weights
+        self.freeze_depth = freeze_depth
+        self.penalty = penalty
+        self.alpha = alpha
+        self.lr = lr
+        self.backbone_lr_scale = backbone_lr_scale
+        self.max_epochs = max_epochs
+        self.batch_size = batch_size
+        self.optimizer = optimizer
+        self.weight_decay = weight_decay
+        self.momentum = momentum
+        self.head_hidden_sizes = head_hidden_sizes
+        self.dropout = dropout
+        self.reuse_head = reuse_head
+        self.early_stopping = early_stopping
+        self.validation_fraction = validation_fraction
+        self.n_iter_no_change = n_iter_no_change
+        self.tol = tol
+        self.random_state = random_state
+        self.device = device
+        self.preprocess = preprocess
+        self.verbose = verbose
+        self.net_kwargs = net_kwargs
+
+    # -- task-specific stages ------------------------------------------------
+    @abstractmethod
+    def _encode_y(self, y):
+        """Validate ``y``, set the target attributes; return (y_tensor, n_out, stratify)."""
+
+    @abstractmethod
+    def _criterion(self):
+        """The skorch criterion class."""
+
+    # -- fit -------------------------------------------------------------------
+    def _check_hidden(self):
+        hidden = tuple(self.head_hidden_sizes)
+        for h in hidden:
+            if isinstance(h, (bool, np.bool_)) or not isinstance(h, numbers.Integral) or h < 1:
+                raise ValueError(
+                    f"head_hidden_sizes must be positive ints, got {self.head_hidden_sizes!r}."
+                )
+        return hidden
+
+    def _optimizer_cls_kwargs(self):
+        opt = self.optimizer
+        cls = _OPTIMIZERS[opt] if isinstance(opt, str) else opt
+        kwargs = {"weight_decay": self.weight_decay}
+        if cls is torch.optim.SGD:
+            kwargs["momentum"] = self.momentum
+        return cls, kwargs
+
+    def _build_module(self, resolved, features, n_out, seed):
+        """Pretrained blocks + a head for ``n_out`` outputs, frozen up to ``freeze_depth``."""
+        net = resolved.net
+        depth = check_freeze_depth(self.freeze_depth, len(net.blocks))
+        hidden = self._check_hidden()
+        if self.reuse_head:
+            if not net.has_head:
+                raise ValueError(
+                    "reuse_head=True but the pretrained model has no head (it is an "
+                    "encoder); use reuse_head=False."
+                )
+            with torch.no_grad():
+                out = net.forward_head(features)
+            if out.ndim != 2 or out.shape[1] != n_out:
+                raise ValueError(
+                    f"reuse_head=True needs the pretrained head to output {n_out} values "
+                    f"per sample ({self._n_out_meaning()}), but it outputs "
+                    f"{tuple(out.shape[1:])}. Use reuse_head=False for a new head."
+                )
+            new_prefixes = ()
+            if hidden or self.dropout:
+                warnings.warn(
+                    "head_hidden_sizes and dropout are ignored when reuse_head=True.",
+                    UserWarning, stacklevel=3,
+                )
+        else:
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(seed)
+                net.head = _make_head(
+                    int(np.prod(features.shape[1:])) if features.ndim == 2 else
+                    int(features.shape[-1] if net.channels_last else features.shape[1]),
+                    n_out, hidden, self.dropout, features.ndim > 2, net.channels_last,
+                )
+            net.post_head = nn.Identity()
+            net.has_head = True
+            net.head_name = "head (new)"
+            new_prefixes = ("head.",)
+        freeze_blocks(net, depth)
+        return net, depth, new_prefixes
+
+    def _validation_split(self, n, stratify, seed):
+        if not self.early_stopping:
+            return np.arange(n), None
+        try:
+            train_idx, valid_idx = train_test_split(
+                np.arange(n), test_size=self.validation_fraction, random_state=seed,
+                stratify=stratify,
+            )
+        except ValueError as exc:
+            raise ValueError(
+                f"early_stopping=True cannot hold out validation_fraction="
+                f"{self.validation_fraction} of {n} samples ({exc}). Increase "
+                "validation_fraction, pass more samples, or set early_stopping=False."
+            ) from exc
+        return np.sort(train_idx), np.sort(valid_idx)
+
+    def _callbacks(self):
+        from skorch.callbacks import EarlyStopping, ProgressBar
+
+        callbacks = [("finite_loss", FiniteLossCheck())]
+        if self.early_stopping:
+            callbacks.append(("early_stopping", EarlyStopping(
+                monitor="valid_loss", patience=self.n_iter_no_change, threshold=self.tol,
+                threshold_mode="rel", load_best=True, sink=print,
+            )))
+        if self.verbose >= 2:
+            callbacks.append(("progress_bar", ProgressBar()))
+        return callbacks
+
+    @_fit_context(prefer_skip_nested_validation=True)
+    def fit(self, X, y):
+        """Fine-tune the pretrained network on ``(X, y)``, starting from its weights.
+
+        Every call starts again from the pretrained weights (never from a
+        previous fit).
+
+        Parameters
+        ----------
+        X : array-like, DataFrame, image array or list of image paths / PIL images
+            Training input, in the layout the pretrained network expects.
+        y : array-like of shape (n_samples,) or (n_samples, n_outputs)
+            Target labels (classifier) or values (regressor).
+
+        Returns
+        -------
+        self
+            The fitted estimator.
+        """
+        device = resolve_device(self.device)
+        data, y = validate_input(self, X, reset=True, y=y, y_kwargs=self._y_kwargs())
+        if len(data) < 2:
+            raise ValueError(
+                f"{type(self).__name__} needs at least 2 samples to fine-tune, got "
+                f"n_samples = {len(data)} (1 sample)."
+            )
+        y_tensor, n_out, stratify = self._encode_y(y)
+        seed = seed_from_random_state(self.random_state)
+        resolved = self._resolve_pretrained()
+        preprocess = self._preprocess_fn(resolved)
+        features = self._probe(resolved, data, preprocess, seed)
+        module, depth, new_prefixes = self._build_module(resolved, features, n_out, seed)
+        train_idx, valid_idx = self._validation_split(len(data), stratify, seed)
+        if data.kind in ("tabular", "array"):
+            X_all = torch.from_numpy(np.ascontiguousarray(data.data, dtype=np.float32))
+        else:
+            X_all = data
+        dataset = BatchDataset(X_all, y_tensor, preprocess)
+        train_ds = torch.utils.data.Subset(dataset, train_idx)
+        train_split = None
+        if valid_idx is not None:
+            from skorch.helper import predefined_split
+
+            train_split = predefined_split(torch.utils.data.Subset(dataset, valid_idx))
+        opt_cls, opt_kwargs = self._optimizer_cls_kwargs()
+        kwargs = {
+            "criterion": self._criterion(),
+            "optimizer": opt_cls,
+            "lr": self.lr,
+            "max_epochs": self.max_epochs,
+            "batch_size": self.batch_size,
+            "train_split": train_split,
+            "callbacks": self._callbacks(),
+            "iterator_train__shuffle": True,
+            "iterator_train__collate_fn": _identity_collate,
+            "iterator_valid__collate_fn": _identity_collate,
+            "device": device,
+            "verbose": int(self.verbose),
+        }
+        kwargs.update({f"optimizer__{k}": v for k, v in opt_kwargs.items()})
+        kwargs.update(self.net_kwargs or {})
+        net = TransferNet(
+            module, freeze_depth=depth, penalty=self.penalty, alpha=float(self.alpha),
+            backbone_lr_scale=float(self.backbone_lr_scale), new_prefixes=new_prefixes,
+            **kwargs,
+        )
+        devices = [torch.device(device).index or 0] if device.startswith("cuda") else []
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed(seed)
+            net.fit(train_ds, None)
+        module = net.module_
+        module.eval()
+        for p in module.parameters():
+            p.grad = None
+        self.module_ = module
+        self.device_ = device
+        self._preprocess = preprocess
+        self._source_input_shape = resolved.input_shape
+        self.blocks_ = list(module.block_names)
+        self.freeze_depth_ = depth
+        self.history_ = [
+            {k: v for k, v in row.items() if k != "batches"} for row in net.history
+        ]
+        self.n_iter_ = len(self.history_)
+        return self
+
+    def _y_kwargs(self):
+        return {"multi_output": False}
+
+    # -- inference ---------------------------------------------------------------
+    def _outputs(self, X):
+        """Raw network outputs for ``X`` (float32 tensor on the CPU)."""
+        check_is_fitted(self, "module_")
+        data = validate_input(self, X, reset=False)
+        outs = []
+        module = self.module_
+        with torch.inference_mode():
+            for batch in iter_batches(data, max(self.batch_size, 256), self._preprocess,
+                                      self.device_):
+                outs.append(module(batch).float().cpu())
+        return torch.cat(outs)
+
+    def __sktransfer_model__(self):
+        """The fine-tuned network as a source model for another estimator."""
+        check_is_fitted(self, "module_")
+        return ResolvedModel(
+            net=self.module_, preprocess=self._preprocess,
+            input_shape=self._source_input_shape,
+            description=f"fitted {type(self).__name__}",
+        )
+
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        module = state.get("module_")
+        if module is not None and getattr(self, "device_", "cpu") != "cpu":
+            import copy
+
+            state["module_"] = copy.deepcopy(module).to("cpu")
+            state["device_"] = "cpu"
+        return state
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.input_tags.allow_nan = False
+        tags.non_deterministic = self.random_state is None
+        return tags
+
+
+class FineTunedClassifier(ClassifierMixin, _BaseFineTuned):
+    """Fine-tune a pretrained network for classification.
+
+    A new head sized from ``y`` goes on top of the pretrained blocks; blocks
+    ``0..freeze_depth-1`` stay frozen; the rest train at
+    ``lr * backbone_lr_scale`` while the head trains at ``lr``, minimising the
+    mean cross-entropy plus ``alpha * R(theta)``. Training runs in a private
+    skorch ``NeuralNet``; every ``fit`` starts again from the pretrained weights.
+
+    Parameters
+    ----------
+    model : str, nn.Module, callable or fitted sktransfer estimator, default=None
+        The pretrained network: a torchvision architecture name, an
+        ``nn.Module`` (never modified), a class or zero-argument callable returning
+        one, or a fitted sktransfer estimator (source -> target chaining).
+    weights : str, path or None, default=None
+        ``None`` keeps the module's weights; ``"DEFAULT"``/``"IMAGENET1K_V1"`` for
+        torchvision names; or a local ``.pt``/``.pth``/``.safetensors`` state dict.
+    freeze_depth : int or "all", default=0
+        Number of leading blocks to freeze (see :func:`list_blocks`); ``"all"``
+        trains the head only. Frozen parameters are left out of the optimizer,
+        stay bit-for-bit unchanged, and their BatchNorm/Dropout stay in eval mode.
+    penalty : {"l2_sp", "l2", "l1"} or None, default="l2_sp"
+        The regulariser ``R``. ``"l2_sp"``: ``1/2 ||theta - theta_s||^2`` over the
+        trainable pretrained parameters plus ``1/2 ||theta||^2`` over the new
+        head (Li et al., 2018); ``"l2"``: ``1/2 ||theta||^2``; ``"l1"``:
+        ``||theta||_1``; sums over trainable parameters.
+    alpha : float, default=1e-3
+        Strength ``lambda`` of the penalty in ``mean loss + alpha * R(theta)``,
+        added on every training batch (never to the validation loss).
+    lr : float, default=1e-3
+        Learning rate of the head (and any new parameters).
+    backbone_lr_scale : float, default=0.1
+        The unfrozen pretrained blocks train at ``lr * backbone_lr_scale``.
+    max_epochs : int, default=50
+        Maximum number of passes over the training data.
+    batch_size : int, default=32
+        Samples per training step.
+    optimizer : {"adamw", "adam", "sgd"} or torch optimizer class, default="adamw"
+        The optimizer (``"sgd"`` uses ``momentum``).
+    weight_decay : float, default=0.0
+        The optimizer's own weight decay (decoupled for AdamW), on top of ``penalty``.
+    momentum : float, default=0.9
+        Momentum for ``optimizer="sgd"``.
+    head_hidden_sizes : tuple of int, default=()
+        Hidden layers of the new head (ReLU); ``()`` is a single linear layer.
+    dropout : float, default=0.0
+        Dropout before each layer of the new head.
+    reuse_head : bool, default=False
+        Keep the pretrained head instead of a new one (same output space on
+        source and target); the head is then penalised like a pretrained block.
+    early_stopping : bool, default=False
+        Hold out ``validation_fraction`` of the training data (stratified) and stop
+        when the validation loss has not improved by ``tol`` for
+        ``n_iter_no_change`` epochs; the best epoch's weights are restored.
+    validation_fraction : float, default=0.1
+        Share of the training data held out when ``early_stopping=True``.
+    n_iter_no_change : int, default=10
+        Patience of early stopping, in epochs.
+    tol : float, default=1e-4
+        Relative improvement of the validation loss that counts for early stopping.
+    random_state : int, RandomState or None, default=None
+        Seeds the new head, the shuffling, dropout and the validation split:
+        the same seed and data give identical predictions.
+    device : str, default="auto"
+        ``"cpu"``, ``"cuda"``, ``"cuda:<i>"`` or ``"auto"`` (CUDA when available).
+    preprocess : "auto", callable or None, default="auto"
+        Image preprocessing, as in :class:`FeatureExtractorTransformer`.
+    verbose : int, default=0
+        0 silent; 1 a table of train/valid loss per epoch; 2 also a progress bar
+        over batches.
+    net_kwargs : dict or None, default=None
+        Extra keyword arguments for the internal ``skorch.NeuralNet`` (e.g.
+        ``{"callbacks": [...]}``, ``{"iterator_train__num_workers": 2}``).
+
+    Attributes
+    ----------
+    module_ : BlockNet
+        The fine-tuned network (pretrained blocks + new head).
+    classes_ : ndarray
+        The class labels.
+    n_features_in_ : int
+        Number of input columns (2-D input only).
+    feature_names_in_ : ndarray of str
+        Column names of a DataFrame ``X``.
+    history_ : list of dict
+        One dict per epoch: ``epoch``, ``train_loss``, ``valid_loss`` (with early
+        stopping), ``dur`` and skorch's bookkeeping.
+    n_iter_ : int
+        Number of epochs run.
+    blocks_ : list of str
+        The block names.
+    freeze_depth_ : int
+        The number of frozen blocks.
+
+    See Also
+    --------
+    FineTunedRegressor : the same for regression.
+    FeatureExtractorTransformer : frozen features for any scikit-learn model.
+    list_blocks : what each ``freeze_depth`` freezes.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from torch import nn
+    >>> from sktransfer import FineTunedClassifier
+    >>> rng = np.random.RandomState(0)
+    >>> source_net = nn.Sequential(nn.Linear(4, 16), nn.ReLU(), nn.Linear(16, 3))
+    >>> X = rng.normal(size=(60, 4)).astype(np.float32)
+    >>> y = (X[:, 0] > 0).astype(int)
+    >>> clf = FineTunedClassifier(model=source_net, freeze_depth=0, max_epochs=20,
+    ...                           random_state=0, device="cpu").fit(X, y)
+    >>> clf.predict(X[:3]).shape
+    (3,)
+    """
+
+    def _encode_y(self, y):
+        check_classification_targets(y)
+        if y.ndim != 1:
+            raise ValueError(
+                f"y must be 1-D class labels for FineTunedClassifier, got shape {y.shape}."
+            )
+        self._label_encoder = LabelEncoder().fit(y)
+        self.classes_ = self._label_encoder.classes_
+        if len(self.classes_) < 2:
+            raise ValueError(
+                f"y has a single class ({self.classes_[0]!r}); a classifier needs at least "
+                "two classes."
+            )
+        codes = self._label_encoder.transform(y)
+        return torch.as_tensor(codes, dtype=torch.long), len(self.classes_), codes
+
+    def _n_out_meaning(self):
+        return f"{len(self.classes_)} classes"
+
+    def _criterion(self):
+        return nn.CrossEntropyLoss
+
+    def predict_proba(self, X):
+        """Class probabilities of ``X``.
+
+        Parameters
+        ----------
+        X : array-like, DataFrame, image array or list of image paths / PIL images
+            Same layout as in ``fit``.
+
+        Returns
+        -------
+        proba : ndarray of shape (n_samples, n_classes)
+            Rows sum to 1; columns follow ``classes_``.
+        """
+        logits = self._outputs(X).double()
+        return torch.softmax(logits, dim=1).numpy()
+
+    def predict(self, X):
+        """Predicted class labels of ``X``.
+
+        Parameters
+        ----------
+        X : array-like, DataFrame, image array or list of image paths / PIL images
+            Same layout as in ``fit``.
+
+        Returns
+        -------
+        y_pred : ndarray of shape (n_samples,)
+        """
+        logits = self._outputs(X)
+        return self.classes_[logits.argmax(dim=1).numpy()]
+
+
+class FineTunedRegressor(RegressorMixin, _BaseFineTuned):
+    """Fine-tune a pretrained network for regression (single or multi-output).
+
+    Same as :class:`FineTunedClassifier`, with a new linear head of
+    ``n_outputs_`` units and the mean squared error as loss. A 1-D ``y`` gives
+    1-D predictions (no broadcasting of ``(n,)`` against ``(n, 1)``). The
+    network sees ``y`` as given: standardise wide-ranging targets, e.g. with
+    :class:`~sklearn.compose.TransformedTargetRegressor`.
+
+    Parameters
+    ----------
+    model, weights, freeze_depth, penalty, alpha, lr, backbone_lr_scale, \
+max_epochs, batch_size, optimizer, weight_decay, momentum, head_hidden_sizes, \
+dropout, reuse_head, early_stopping, validation_fraction, n_iter_no_change, tol, \
+random_state, device, preprocess, verbose, net_kwargs
+        As in :class:`FineTunedClassifier` (the validation split is not stratified).
+
+    Attributes
+    ----------
+    module_ : BlockNet
+        The fine-tuned network.
+    n_outputs_ : int
+        Number of regression targets.
+    n_features_in_ : int
+        Number of input columns (2-D input only).
+    history_ : list of dict
+        One dict per epoch (``epoch``, ``train_loss``, ``valid_loss``, ...).
+    n_iter_ : int
+        Number of epochs run.
+    blocks_ : list of str
+        The block names.
+    freeze_depth_ : int
+        The number of frozen blocks.
+
+    See Also
+    --------
+    FineTunedClassifier : the same for classification.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from torch import nn
+    >>> from sktransfer import FineTunedRegressor
+    >>> rng = np.random.RandomState(0)
+    >>> source_net = nn.Sequential(nn.Linear(4, 16), nn.ReLU(), nn.Linear(16, 1))
+    >>> X = rng.normal(size=(60, 4)).astype(np.float32)
+    >>> y = X[:, 0] - X[:, 1]
+    >>> reg = FineTunedRegressor(model=source_net, max_epochs=20, random_state=0,
+    ...                          device="cpu").fit(X, y)
+    >>> reg.predict(X[:3]).shape
+    (3,)
+    """
+
+    def _y_kwargs(self):
+        return {"multi_output": True, "y_numeric": True}
+
+    def _encode_y(self, y):
+        y = np.asarray(y)
+        if y.ndim not in (1, 2):
+            raise ValueError(f"y must be 1-D or 2-D, got shape {y.shape}.")
+        self._y_1d = y.ndim == 1
+        y2 = y.reshape(-1, 1) if self._y_1d else y
+        self.n_outputs_ = int(y2.shape[1])
+        return torch.as_tensor(y2, dtype=torch.float32), self.n_outputs_, None
+
+    def _n_out_meaning(self):
+        return f"{self.n_outputs_} regression targets"
+
+    def _criterion(self):
+        return nn.MSELoss
+
+    def predict(self, X):
+        """Predicted values of ``X``.
+
+        Parameters
+        ----------
+        X : array-like, DataFrame, image array or list of image paths / PIL images
+            Same layout as in ``fit``.
+
+        Returns
+        -------
+        y_pred : ndarray of shape (n_samples,) or (n_samples, n_outputs_)
+            1-D when ``y`` was 1-D in ``fit``.
+        """
+        out = self._outputs(X).numpy()
+        if out.ndim != 2 or out.shape[1] != self.n_outputs_:
+            raise ValueError(  # pragma: no cover - guarded by the head built in fit
+                f"The network outputs shape {out.shape[1:]}, expected ({self.n_outputs_},)."
+            )
+        return out[:, 0] if self._y_1d else out

@@ -1,0 +1,163 @@
+"""The private skorch ``NeuralNet`` that runs fine-tuning.
+
+The public estimators build one per ``fit`` (``_finetune.py``); skorch owns
+the training loop, history and callbacks. We only override small stages:
+
+* ``initialize_optimizer``: two parameter groups (new parameters at ``lr``,
+  unfrozen pretrained blocks at ``lr * backbone_lr_scale``); frozen
+  parameters are left out.
+* ``_set_training``: frozen blocks stay in eval mode (BatchNorm statistics do
+  not move, Dropout is off) while the rest trains.
+* ``get_loss``: adds ``alpha * R(theta)`` on training batches only.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+from skorch import NeuralNet
+from skorch.callbacks import Callback
+
+from ._inputs import InputData, make_batch
+from ._penalties import penalty_value
+
+__all__ = ["TransferNet", "BatchDataset", "FiniteLossCheck"]
+
+
+def _identity_collate(batch):
+    return batch
+
+
+class BatchDataset(torch.utils.data.Dataset):
+    """A dataset that hands out whole batches (``__getitems__``): no per-sample collate.
+
+    ``X`` is either a float32 tensor (tables and numeric arrays, already in
+    memory) or an :class:`InputData` of images that are loaded and preprocessed
+    batch by batch.
+    """
+
+    def __init__(self, X, y=None, preprocess=None):
+        self.X = X
+        self.y = y
+        self.preprocess = preprocess
+
+    def __len__(self):
+        return len(self.X)
+
+    def _x(self, indices):
+        if isinstance(self.X, torch.Tensor):
+            return self.X[indices]
+        data = self.X.data
+        if isinstance(data, np.ndarray):
+            sub = data[np.asarray(indices)]
+        else:
+            sub = [data[i] for i in indices]
+        return make_batch(InputData(sub, self.X.kind), 0, len(sub), self.preprocess)
+
+    def __getitems__(self, indices):
+        indices = list(indices)
+        Xb = self._x(indices)
+        yb = self.y[indices] if self.y is not None else torch.zeros(len(indices))
+        return Xb, yb
+
+    def __getitem__(self, index):  # pragma: no cover - DataLoader uses __getitems__
+        Xb, yb = self.__getitems__([index])
+        return Xb[0], yb[0]
+
+
+class FiniteLossCheck(Callback):
+    """Stop with a clear error when the training loss becomes NaN or infinite."""
+
+    def on_epoch_end(self, net, **kwargs):
+        loss = net.history[-1].get("train_loss")
+        if loss is not None and not math.isfinite(loss):
+            epoch = net.history[-1, "epoch"]
+            raise FloatingPointError(
+                f"The training loss became {loss} at epoch {epoch}: the fit diverged. "
+                f"Use a smaller lr (now {net.lr:g}) or a smaller alpha, or scale X "
+                "(e.g. StandardScaler) and, for regression, y."
+            )
+
+
+class TransferNet(NeuralNet):
+    """skorch ``NeuralNet`` with freezing, two learning rates and a penalty.
+
+    Parameters (beyond skorch's)
+    ----------------------------
+    freeze_depth : int
+        Blocks ``0..freeze_depth-1`` are frozen (already ``requires_grad=False``).
+    penalty : {None, "l2", "l1", "l2_sp"}
+    alpha : float
+    backbone_lr_scale : float
+    new_prefixes : tuple of str
+        Parameter-name prefixes of parameters created for the target task.
+    """
+
+    def __init__(self, module, *args, freeze_depth=0, penalty=None, alpha=0.0,
+                 backbone_lr_scale=1.0, new_prefixes=("head.",), **kwargs):
+        super().__init__(module, *args, **kwargs)
+        self.freeze_depth = freeze_depth
+        self.penalty = penalty
+        self.alpha = alpha
+        self.backbone_lr_scale = backbone_lr_scale
+        self.new_prefixes = new_prefixes
+
+    def _is_new(self, name):
+        return name.startswith(tuple(self.new_prefixes))
+
+    def initialize_module(self):
+        super().initialize_module()
+        # after skorch moved the module to the device (in _initialize_module) the
+        # anchors are taken lazily on the first loss computation; reset them here
+        self._anchor_state = None
+        return self
+
+    def _penalty_params(self):
+        if self._anchor_state is None:
+            pretrained, anchors, new = [], [], []
+            for name, p in self.module_.named_parameters():
+                if not p.requires_grad:
+                    continue
+                if self._is_new(name):
+                    new.append(p)
+                else:
+                    pretrained.append(p)
+                    anchors.append(p.detach().clone())
+            self._anchor_state = (pretrained, anchors, new)
+        return self._anchor_state
+
+    def initialize_optimizer(self, triggered_directly=None):
+        new, backbone = [], []
+        for name, p in self.module_.named_parameters():
+            if not p.requires_grad:
+                continue
+            (new if self._is_new(name) else backbone).append(p)
+        groups = []
+        if new:
+            groups.append({"params": new})
+        if backbone:
+            groups.append({"params": backbone, "lr": self.lr * self.backbone_lr_scale})
+        kwargs = self.get_params_for("optimizer")
+        kwargs.setdefault("lr", self.lr)
+        self.optimizer_ = self.optimizer(groups, **kwargs)
+        # anchors must be the pretrained values *before* any step
+        self._anchor_state = None
+        if self.penalty == "l2_sp":
+            self._penalty_params()
+        return self
+
+    def _set_training(self, training=True):
+        super()._set_training(training)
+        if training:
+            for block in self.module_.blocks[: self.freeze_depth]:
+                block.eval()
+
+    def get_loss(self, y_pred, y_true, X=None, training=False):
+        loss = super().get_loss(y_pred, y_true, X=X, training=training)
+        if training and self.penalty is not None and self.alpha > 0:
+            reg = penalty_value(self.penalty, *self._penalty_params())
+            if reg is not None:
+                loss = loss + self.alpha * reg
+        return loss

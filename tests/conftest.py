@@ -1,0 +1,96 @@
+"""Shared fixtures: small networks that the tests pretrain themselves (no downloads)."""
+
+import numpy as np
+import pytest
+import torch
+from sklearn.datasets import load_digits
+from torch import nn
+
+torch.set_num_threads(min(2, torch.get_num_threads()))
+
+
+def make_cnn(n_classes=5):
+    """A small CNN for 8x8 one-channel digits: 3 blocks + head."""
+    return nn.Sequential(
+        nn.Conv2d(1, 16, 3, padding=1), nn.ReLU(),
+        nn.Conv2d(16, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(),
+        nn.Linear(32 * 4 * 4, 64), nn.ReLU(),
+        nn.Linear(64, n_classes),
+    )
+
+
+def train_plain(net, X, y, epochs=40, lr=3e-3, seed=0, loss="ce"):
+    """Plain full-batch Adam loop, used only to pretrain source networks for the tests."""
+    torch.manual_seed(seed)
+    X = torch.as_tensor(X, dtype=torch.float32)
+    y = torch.as_tensor(y)
+    opt = torch.optim.Adam(net.parameters(), lr=lr)
+    loss_fn = nn.CrossEntropyLoss() if loss == "ce" else nn.MSELoss()
+    net.train()
+    for _ in range(epochs):
+        for idx in torch.randperm(len(X)).split(128):
+            opt.zero_grad()
+            loss_fn(net(X[idx]), y[idx]).backward()
+            opt.step()
+    net.eval()
+    return net
+
+
+@pytest.fixture(scope="session")
+def digits():
+    """Digits as (n, 1, 8, 8) float images in [0, 1]; source = 0-4, target = 5-9."""
+    d = load_digits()
+    X = (d.images / 16.0).astype(np.float32)[:, None]
+    y = d.target
+    src = y < 5
+    return {
+        "X_source": X[src], "y_source": y[src],
+        "X_target": X[~src], "y_target": y[~src],
+    }
+
+
+@pytest.fixture(scope="session")
+def source_cnn(digits):
+    """A CNN pretrained on digits 0-4 (the source task)."""
+    torch.manual_seed(0)
+    net = make_cnn(5)
+    return train_plain(net, digits["X_source"], digits["y_source"], epochs=15)
+
+
+def tiny_mlp():
+    """Factory for the sklearn common checks: a lazily sized input layer (any
+    number of features) in front of layers with fixed (seeded) weights."""
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.LazyLinear(8), nn.ReLU(), nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 2)
+    )
+
+
+@pytest.fixture(scope="session")
+def tabular_source():
+    """A source table and a related target table sharing a latent structure.
+
+    The source task (regression of 8 latent factors' nonlinear functions) and the
+    target task (a classification of a different function of the same factors)
+    share the first layers' useful representation.
+    """
+    rng = np.random.RandomState(0)
+    n_features, n_latent = 20, 6
+    mixing = rng.normal(size=(n_latent, n_features))
+
+    def draw(n):
+        z = rng.normal(size=(n, n_latent))
+        X = np.tanh(z) @ mixing + 0.1 * rng.normal(size=(n, n_features))
+        return X.astype(np.float32), z
+
+    X_src, z_src = draw(3000)
+    y_src = np.stack([np.sin(z_src[:, 0]) + z_src[:, 1] ** 2, z_src[:, 2] * z_src[:, 3],
+                      np.abs(z_src[:, 4]), z_src[:, 5] ** 3 / 3], axis=1).astype(np.float32)
+    X_tgt, z_tgt = draw(1200)
+    y_tgt = ((np.sin(z_tgt[:, 0]) + z_tgt[:, 2] * z_tgt[:, 3]) > 0.3).astype(int)
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(n_features, 64), nn.ReLU(), nn.Linear(64, 32), nn.ReLU(),
+                        nn.Linear(32, y_src.shape[1]))
+    train_plain(net, X_src, y_src, epochs=60, loss="mse")
+    return {"net": net, "X_target": X_tgt, "y_target": y_tgt, "X_source": X_src,
+            "y_source": y_src}
