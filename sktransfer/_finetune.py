@@ -567,6 +567,11 @@ random_state, device, preprocess, verbose, net_kwargs
     def _y_kwargs(self):
         return {"multi_output": True, "y_numeric": True}
 
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.target_tags.multi_output = True
+        return tags
+
     def _encode_y(self, y):
         y = np.asarray(y)
         if y.ndim not in (1, 2):
@@ -592,10 +597,10 @@ random_state, device, preprocess, verbose, net_kwargs
 
         Returns
         -------
-        y_pred : ndarray of shape (n_samples,) or (n_samples, n_outputs_)
+        y_pred : ndarray of shape (n_samples,) or (n_samples, n_outputs_), float64
             1-D when ``y`` was 1-D in ``fit``.
         """
-        out = self._outputs(X).numpy()
+        out = self._outputs(X).double().numpy()
         if out.ndim != 2 or out.shape[1] != self.n_outputs_:
             raise ValueError(  # pragma: no cover - guarded by the head built in fit
                 f"The network outputs shape {out.shape[1:]}, expected ({self.n_outputs_},)."

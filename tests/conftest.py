@@ -10,13 +10,29 @@ torch.set_num_threads(min(2, torch.get_num_threads()))
 
 
 def make_cnn(n_classes=5):
-    """A small CNN for 8x8 one-channel digits: 3 blocks + head."""
+    """A small CNN for 12x12 one-channel images: 3 blocks + head."""
     return nn.Sequential(
-        nn.Conv2d(1, 16, 3, padding=1), nn.ReLU(),
+        nn.Conv2d(1, 16, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
         nn.Conv2d(16, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(),
-        nn.Linear(32 * 4 * 4, 64), nn.ReLU(),
+        nn.Linear(32 * 3 * 3, 64), nn.ReLU(),
         nn.Linear(64, n_classes),
     )
+
+
+def shifted_digits(images, copies, seed, size=12):
+    """Place each 8x8 digit at a random position on a size x size canvas.
+
+    Digits that are not centred make the task need what a CNN learns on a
+    source task (stroke detectors that do not care where the digit is), and
+    make raw pixels a weak representation: a realistic transfer set-up.
+    """
+    rng = np.random.RandomState(seed)
+    out = np.zeros((len(images) * copies, 1, size, size), np.float32)
+    for c in range(copies):
+        offsets = rng.randint(0, size - 8 + 1, size=(len(images), 2))
+        for i, (a, b) in enumerate(offsets):
+            out[c * len(images) + i, 0, a:a + 8, b:b + 8] = images[i]
+    return out
 
 
 def train_plain(net, X, y, epochs=40, lr=3e-3, seed=0, loss="ce"):
@@ -38,14 +54,17 @@ def train_plain(net, X, y, epochs=40, lr=3e-3, seed=0, loss="ce"):
 
 @pytest.fixture(scope="session")
 def digits():
-    """Digits as (n, 1, 8, 8) float images in [0, 1]; source = 0-4, target = 5-9."""
+    """Shifted digits (n, 1, 12, 12) in [0, 1]: source = classes 0-4 (3 shifted
+    copies of each image), target = classes 5-9 (one shifted copy)."""
     d = load_digits()
-    X = (d.images / 16.0).astype(np.float32)[:, None]
+    images = (d.images / 16.0).astype(np.float32)
     y = d.target
     src = y < 5
     return {
-        "X_source": X[src], "y_source": y[src],
-        "X_target": X[~src], "y_target": y[~src],
+        "X_source": shifted_digits(images[src], 3, seed=0),
+        "y_source": np.tile(y[src], 3),
+        "X_target": shifted_digits(images[~src], 1, seed=1),
+        "y_target": y[~src],
     }
 
 

@@ -1,0 +1,188 @@
+"""FeatureExtractorTransformer: transfer through frozen features, sklearn integration."""
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from sklearn.linear_model import LogisticRegression
+from sklearn.model_selection import GridSearchCV, cross_val_score
+from sklearn.pipeline import Pipeline
+from sklearn.preprocessing import StandardScaler
+from torch import nn
+
+from sktransfer import FeatureExtractorTransformer, list_blocks
+
+from .conftest import make_cnn
+
+CPU = {"device": "cpu"}
+
+
+def few_labels(X, y, per_class, seed):
+    rng = np.random.RandomState(seed)
+    idx = np.concatenate([
+        rng.choice(np.flatnonzero(y == c), per_class, replace=False) for c in np.unique(y)
+    ])
+    rest = np.setdiff1d(np.arange(len(y)), idx)
+    return X[idx], y[idx], X[rest], y[rest]
+
+
+def lr_score(F_train, y_train, F_test, y_test):
+    model = Pipeline([("s", StandardScaler()), ("lr", LogisticRegression(max_iter=3000))])
+    return model.fit(F_train, y_train).score(F_test, y_test)
+
+
+def test_pretrained_image_features_beat_raw_pixels(source_cnn, digits):
+    """Digits 0-4 -> 5-9, 10 labels per class, averaged over 3 draws."""
+    gains = []
+    for seed in range(3):
+        X, y, X_test, y_test = few_labels(digits["X_target"], digits["y_target"], 10, seed)
+        fx = FeatureExtractorTransformer(model=source_cnn, layer=1, **CPU).fit(X)
+        feats = lr_score(fx.transform(X), y, fx.transform(X_test), y_test)
+        raw = lr_score(X.reshape(len(X), -1), y, X_test.reshape(len(X_test), -1), y_test)
+        gains.append(feats - raw)
+    assert np.mean(gains) > 0.1, gains
+
+
+def test_pretrained_features_beat_untrained_network(source_cnn, digits):
+    """The gain comes from pretraining, not from the architecture."""
+    torch.manual_seed(0)
+    untrained = make_cnn(5)
+    X, y, X_test, y_test = few_labels(digits["X_target"], digits["y_target"], 10, 0)
+    scores = []
+    for net in (source_cnn, untrained):
+        fx = FeatureExtractorTransformer(model=net, layer=1, **CPU).fit(X)
+        scores.append(lr_score(fx.transform(X), y, fx.transform(X_test), y_test))
+    assert scores[0] > scores[1] + 0.05, scores
+
+
+def test_pretrained_tabular_features_beat_raw_columns(tabular_source):
+    X, y = tabular_source["X_target"], tabular_source["y_target"]
+    gains = []
+    for seed in range(3):
+        Xa, ya, Xb, yb = few_labels(X, y, 25, seed)
+        fx = FeatureExtractorTransformer(model=tabular_source["net"], **CPU).fit(Xa)
+        gains.append(lr_score(fx.transform(Xa), ya, fx.transform(Xb), yb)
+                     - lr_score(Xa, ya, Xb, yb))
+    assert np.mean(gains) > 0.03, gains
+
+
+def test_pipeline_cross_val_score_and_grid_search_over_layer(source_cnn, digits):
+    X, y = digits["X_target"][:300], digits["y_target"][:300]
+    pipe = Pipeline([("fx", FeatureExtractorTransformer(model=source_cnn, **CPU)),
+                     ("clf", LogisticRegression(max_iter=2000))])
+    scores = cross_val_score(pipe, X, y, cv=3)
+    assert np.all(np.isfinite(scores)) and scores.mean() > 0.5
+    search = GridSearchCV(pipe, {"fx__layer": [0, 1, None], "fx__pooling": ["avg", "max"]},
+                          cv=3, n_jobs=2).fit(X, y)
+    assert np.all(np.isfinite(search.cv_results_["mean_test_score"]))
+    assert search.best_params_["fx__layer"] in (0, 1, None)
+
+
+def test_layers_by_index_name_and_default(source_cnn, digits):
+    X = digits["X_target"][:10]
+    blocks = list_blocks(source_cnn, input_shape=(1, 12, 12))
+    assert list(blocks["name"]) == ["0-2", "3-6", "7-8"]
+    assert list(blocks["output_shape"]) == [(16, 6, 6), (288,), (64,)]
+    widths = {}
+    for layer in [0, 1, 2, -1, -3, "0-2", "3-6", "2", None, "head"]:
+        fx = FeatureExtractorTransformer(model=source_cnn, layer=layer, **CPU).fit(X)
+        widths[layer] = fx.transform(X).shape[1]
+    assert widths[0] == widths[-3] == widths["0-2"] == widths["2"] == 16  # avg-pooled map
+    assert widths[1] == widths["3-6"] == 288
+    assert widths[2] == widths[-1] == widths[None] == 64
+    assert widths["head"] == 5
+    # the default (head input) equals the pretrained net up to its last hidden layer
+    fx = FeatureExtractorTransformer(model=source_cnn, **CPU).fit(X)
+    with torch.no_grad():
+        expected = source_cnn[:-1](torch.as_tensor(X)).numpy()
+    np.testing.assert_allclose(fx.transform(X), expected, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("pooling, reduce", [
+    ("avg", lambda m: m.mean(axis=(2, 3))),
+    ("max", lambda m: m.max(axis=(2, 3))),
+    ("flatten", lambda m: m.reshape(len(m), -1)),
+])
+def test_pooling_of_feature_maps(source_cnn, digits, pooling, reduce):
+    X = digits["X_target"][:6]
+    fx = FeatureExtractorTransformer(model=source_cnn, layer=0, pooling=pooling, **CPU).fit(X)
+    with torch.no_grad():
+        fmap = source_cnn[:3](torch.as_tensor(X)).numpy()
+    np.testing.assert_allclose(fx.transform(X), reduce(fmap), rtol=1e-5, atol=1e-6)
+
+
+def test_transform_is_eval_mode_no_grad_and_leaves_model_alone(digits):
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.Dropout(0.5), nn.Flatten(),
+                        nn.Linear(4 * 10 * 10, 3))
+    net.train()
+    state = {k: v.clone() for k, v in net.state_dict().items()}
+    X = digits["X_target"][:20]
+    fx = FeatureExtractorTransformer(model=net, **CPU).fit(X)
+    a, b = fx.transform(X), fx.transform(X)
+    np.testing.assert_array_equal(a, b)  # dropout off, BN statistics not updated
+    assert net.training
+    assert all(torch.equal(state[k], v) for k, v in net.state_dict().items())
+    assert not any(p.requires_grad for p in fx.module_.parameters())
+
+
+def test_feature_names_and_pandas_output(source_cnn, digits):
+    X = digits["X_target"][:5]
+    fx = FeatureExtractorTransformer(model=source_cnn, layer="3-6", **CPU).fit(X)
+    names = fx.get_feature_names_out()
+    assert len(names) == 288 and names[0] == "block_3_6_0"
+    out = fx.set_output(transform="pandas").transform(X)
+    assert isinstance(out, pd.DataFrame) and list(out.columns) == list(names)
+
+
+def test_memory_bounded_by_batch_size(source_cnn, digits):
+    """The network never sees more than batch_size samples at once."""
+    sizes = []
+    fx = FeatureExtractorTransformer(model=source_cnn, batch_size=7, **CPU)
+    fx.fit(digits["X_target"][:3])
+    fx.module_.blocks[0].register_forward_pre_hook(lambda m, args: sizes.append(len(args[0])))
+    out = fx.transform(digits["X_target"][:50])
+    assert out.shape == (50, 64) and max(sizes) == 7
+
+
+@pytest.mark.parametrize("layer, error, match", [
+    (3, ValueError, r"out of range.*3 blocks"),
+    (-4, ValueError, "out of range"),
+    ("layer9", ValueError, r"not a block.*\['0-2', '3-6', '7-8'\]"),
+    (1.5, TypeError, "layer must be"),
+])
+def test_bad_layer(source_cnn, digits, layer, error, match):
+    with pytest.raises(error, match=match):
+        FeatureExtractorTransformer(model=source_cnn, layer=layer, **CPU).fit(
+            digits["X_target"][:4])
+
+
+def test_bad_pooling_and_batch_size(source_cnn, digits):
+    with pytest.raises(ValueError, match="pooling"):
+        FeatureExtractorTransformer(model=source_cnn, pooling="mean", **CPU).fit(
+            digits["X_target"][:4])
+    with pytest.raises(ValueError, match="batch_size"):
+        FeatureExtractorTransformer(model=source_cnn, batch_size=0, **CPU).fit(
+            digits["X_target"][:4])
+
+
+def test_not_fitted(source_cnn, digits):
+    from sklearn.exceptions import NotFittedError
+
+    with pytest.raises(NotFittedError):
+        FeatureExtractorTransformer(model=source_cnn).transform(digits["X_target"][:4])
+
+
+def test_device_cuda_without_cuda_is_a_clear_error(source_cnn, digits):
+    if torch.cuda.is_available():
+        pytest.skip("CUDA is available here")
+    with pytest.raises(ValueError, match="CUDA is not available"):
+        FeatureExtractorTransformer(model=source_cnn, device="cuda").fit(digits["X_target"][:4])
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_matches_cpu(source_cnn, digits):
+    X = digits["X_target"][:50]
+    cpu = FeatureExtractorTransformer(model=source_cnn, **CPU).fit(X).transform(X)
+    gpu = FeatureExtractorTransformer(model=source_cnn, device="cuda").fit(X).transform(X)
+    np.testing.assert_allclose(cpu, gpu, rtol=1e-3, atol=1e-4)
