@@ -70,10 +70,17 @@ def _build_torchvision(name, weights):
             "See torchvision.models.list_models(module=torchvision.models), or pass an "
             "nn.Module instance."
         )
+    from torchvision.models import WeightsEnum
+
     weights_enum = get_model_weights(name)
     preprocess = None
     input_shape = (3, 224, 224)
-    if weights is None or _looks_like_path(weights):
+    # a weights name (or a torchvision weights member) wins over a same-named file
+    is_name = isinstance(weights, WeightsEnum) or (
+        isinstance(weights, str)
+        and (weights == "DEFAULT" or weights in weights_enum.__members__)
+    )
+    if weights is None or (not is_name and _looks_like_path(weights)):
         default = getattr(weights_enum, "DEFAULT", None)
         if default is not None:
             preprocess = default.transforms()
@@ -90,6 +97,13 @@ def _build_torchvision(name, weights):
                     setattr(model, attr, None)
             _load_into(model, weights, ignore_prefixes=tuple(f"{a}." for a in aux))
     else:
+        if isinstance(weights, WeightsEnum):
+            if not isinstance(weights, weights_enum):
+                raise ValueError(
+                    f"weights={weights} belongs to another architecture; {name!r} takes "
+                    f"{weights_enum.__name__} members, e.g. {weights_enum.__name__}.DEFAULT."
+                )
+            weights = weights.name
         if not isinstance(weights, str):
             raise TypeError(
                 f"weights must be None, a weights name such as 'DEFAULT' or a path to a "

@@ -146,6 +146,22 @@ def test_offline_default_weights_error(offline, entry):
     assert not list(offline.rglob("*.pth"))
 
 
+def test_torchvision_weights_members_are_accepted(offline):
+    from torchvision.models import ResNet18_Weights, VGG11_Weights
+
+    with pytest.raises(WeightsUnavailableError, match="resnet18-f37072fd.pth"):
+        resolve_model("resnet18", weights=ResNet18_Weights.IMAGENET1K_V1)
+    with pytest.raises(ValueError, match="belongs to another architecture"):
+        resolve_model("resnet18", weights=VGG11_Weights.DEFAULT)
+
+
+def test_weights_name_wins_over_a_same_named_file(offline, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "DEFAULT").write_bytes(b"not a state dict")
+    with pytest.raises(WeightsUnavailableError):
+        resolve_model("resnet18", weights="DEFAULT")
+
+
 def test_cached_default_weights_are_used_offline(offline):
     import torchvision
 
