@@ -274,6 +274,42 @@ def test_early_stopping_stops_and_records_valid_loss(source_cnn, digits):
     assert [row["epoch"] for row in est.history_] == list(range(1, est.n_iter_ + 1))
 
 
+def test_early_stopping_restores_the_best_epoch(source_cnn, digits):
+    from sklearn.metrics import log_loss
+    from sklearn.model_selection import train_test_split
+
+    from sktransfer._base import seed_from_random_state
+
+    X, y = digits["X_target"][:300], digits["y_target"][:300]
+    est = FineTunedClassifier(model=source_cnn, early_stopping=True, n_iter_no_change=3,
+                              validation_fraction=0.2, lr=5e-2, max_epochs=60,
+                              random_state=0, **CPU).fit(X, y)
+    valid_losses = [row["valid_loss"] for row in est.history_]
+    assert np.argmin(valid_losses) < len(valid_losses) - 1  # it stopped after the best
+    # the same split the estimator made (seeded by random_state)
+    _, valid_idx = train_test_split(np.arange(300), test_size=0.2, stratify=y,
+                                    random_state=seed_from_random_state(0))
+    restored = log_loss(y[valid_idx], est.predict_proba(X[valid_idx]), labels=est.classes_)
+    assert restored == pytest.approx(min(valid_losses), rel=1e-4)
+
+
+def test_sgd_with_momentum(source_cnn, digits):
+    seen = {}
+
+    class Spy(Callback):
+        def on_train_begin(self, net, **kwargs):
+            seen["opt"] = net.optimizer_
+
+    X, y = digits["X_target"][:100], digits["y_target"][:100]
+    est = FineTunedClassifier(model=source_cnn, optimizer="sgd", momentum=0.8, lr=0.05,
+                              weight_decay=1e-4, max_epochs=5, random_state=0,
+                              net_kwargs={"callbacks": [Spy()]}, **CPU).fit(X, y)
+    assert isinstance(seen["opt"], torch.optim.SGD)
+    assert {g["momentum"] for g in seen["opt"].param_groups} == {0.8}
+    assert {g["weight_decay"] for g in seen["opt"].param_groups} == {1e-4}
+    assert est.history_[-1]["train_loss"] < est.history_[0]["train_loss"]
+
+
 def test_verbose_prints_epoch_table(source_cnn, digits, capsys):
     FineTunedClassifier(model=source_cnn, max_epochs=2, verbose=1, random_state=0,
                         **CPU).fit(digits["X_target"][:64], digits["y_target"][:64])
