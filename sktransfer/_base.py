@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import numbers
 
 import numpy as np
@@ -84,6 +85,15 @@ class TransferEstimatorMixin:
             }
             return type(self)(model=model, **params)
         return BaseEstimator.__sklearn_clone__(self)
+
+    def __getstate__(self):
+        # pickles hold the network on the CPU, so they load on machines without CUDA
+        state = super().__getstate__()
+        module = state.get("module_")
+        if module is not None and getattr(self, "device_", "cpu") != "cpu":
+            state["module_"] = copy.deepcopy(module).to("cpu")
+            state["device_"] = "cpu"
+        return state
 
     def _resolve_pretrained(self):
         """A private copy of the pretrained net, split into blocks."""

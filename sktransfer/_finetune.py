@@ -267,6 +267,9 @@ class _BaseFineTuned(TransferEstimatorMixin, BaseEstimator):
             "train_split": train_split,
             "callbacks": self._callbacks(),
             "iterator_train__shuffle": True,
+            # a last batch of one sample breaks BatchNorm in training mode
+            "iterator_train__drop_last": len(train_idx) % self.batch_size == 1
+            and len(train_idx) > 1,
             "iterator_train__collate_fn": _identity_collate,
             "iterator_valid__collate_fn": _identity_collate,
             "device": device,
@@ -294,7 +297,9 @@ class _BaseFineTuned(TransferEstimatorMixin, BaseEstimator):
         self.blocks_ = list(module.block_names)
         self.freeze_depth_ = depth
         self.history_ = [
-            {k: v for k, v in row.items() if k != "batches"} for row in net.history
+            {k: (float(v) if isinstance(v, np.floating) else v)
+             for k, v in row.items() if k != "batches"}
+            for row in net.history
         ]
         self.n_iter_ = len(self.history_)
         return self
@@ -310,8 +315,7 @@ class _BaseFineTuned(TransferEstimatorMixin, BaseEstimator):
         outs = []
         module = self.module_
         with torch.inference_mode():
-            for batch in iter_batches(data, max(self.batch_size, 256), self._preprocess,
-                                      self.device_):
+            for batch in iter_batches(data, self.batch_size, self._preprocess, self.device_):
                 outs.append(module(batch).float().cpu())
         return torch.cat(outs)
 
@@ -323,16 +327,6 @@ class _BaseFineTuned(TransferEstimatorMixin, BaseEstimator):
             input_shape=self._source_input_shape,
             description=f"fitted {type(self).__name__}",
         )
-
-    def __getstate__(self):
-        state = self.__dict__.copy()
-        module = state.get("module_")
-        if module is not None and getattr(self, "device_", "cpu") != "cpu":
-            import copy
-
-            state["module_"] = copy.deepcopy(module).to("cpu")
-            state["device_"] = "cpu"
-        return state
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()

@@ -80,6 +80,13 @@ def test_frozen_blocks_bit_identical_and_bn_stats_fixed(bn_source, digits, depth
     assert all(not p.requires_grad for p in frozen)
 
 
+def test_last_batch_of_one_sample_does_not_break_batchnorm(bn_source, digits):
+    X, y = digits["X_target"][:33], digits["y_target"][:33]  # 33 = 32 + 1
+    est = FineTunedClassifier(model=bn_source, batch_size=32, max_epochs=2, random_state=0,
+                              **CPU).fit(X, y)
+    assert est.n_iter_ == 2
+
+
 def test_freeze_all_trains_only_the_head(bn_source, digits):
     before = block_states(split_model(copy.deepcopy(bn_source)))
     clf = FineTunedClassifier(model=bn_source, freeze_depth="all", max_epochs=3,
