@@ -21,6 +21,7 @@ EXTRAS = {
         "sphinx>=7",
         "numpydoc>=1.6",
         "sphinx-gallery>=0.15",
+        "pydata-sphinx-theme>=0.15",
         "matplotlib>=3.6",
     ],
 }

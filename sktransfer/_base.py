@@ -62,6 +62,22 @@ def _check_positive_int(value, name):
         raise ValueError(f"{name}={value} must be >= 1.")
 
 
+def _runs(model, sample):
+    """Whether ``model`` (in eval mode, without autograd) accepts ``sample``."""
+    if model is None:
+        return False
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            model(sample)
+    except Exception:  # noqa: BLE001 - only the yes/no answer matters here
+        return False
+    finally:
+        model.train(was_training)
+    return True
+
+
 class TransferEstimatorMixin:
     """Shared machinery of sktransfer's estimators.
 
@@ -128,6 +144,9 @@ class TransferEstimatorMixin:
                 with torch.no_grad():
                     features = net.forward_features(sample)
             except Exception as exc:  # noqa: BLE001 - re-raised with context below
+                # the children in order fail, the model itself runs: the split is wrong
+                if net.split_kind == "default" and _runs(resolved.original, sample):
+                    check_split_matches(net, resolved.original, sample)
                 raise ValueError(
                     f"The pretrained model ({resolved.description}) cannot process X: a batch "
                     f"of shape {tuple(sample.shape)} fails with {type(exc).__name__}: {exc}. "

@@ -246,7 +246,7 @@ class FeatureExtractorTransformer(TransferEstimatorMixin, TransformerMixin, Base
 
         Returns
         -------
-        X_new : ndarray of shape (n_samples, n_features_out_), dtype float32
+        X_new : ndarray of shape (n_samples, ``n_features_out_``), dtype float32
         """
         check_is_fitted(self, "module_")
         data = validate_input(self, X, reset=False)

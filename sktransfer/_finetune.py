@@ -276,7 +276,10 @@ class _BaseFineTuned(TransferEstimatorMixin, BaseEstimator):
             "verbose": int(self.verbose),
         }
         kwargs.update({f"optimizer__{k}": v for k, v in opt_kwargs.items()})
-        kwargs.update(self.net_kwargs or {})
+        extra = dict(self.net_kwargs or {})
+        # the user's callbacks come on top of ours (loss check, early stopping, ...)
+        kwargs["callbacks"] = kwargs["callbacks"] + list(extra.pop("callbacks", None) or [])
+        kwargs.update(extra)
         net = TransferNet(
             module, freeze_depth=depth, penalty=self.penalty, alpha=float(self.alpha),
             backbone_lr_scale=float(self.backbone_lr_scale), new_prefixes=new_prefixes,
@@ -408,7 +411,8 @@ class FineTunedClassifier(ClassifierMixin, _BaseFineTuned):
         over batches.
     net_kwargs : dict or None, default=None
         Extra keyword arguments for the internal ``skorch.NeuralNet`` (e.g.
-        ``{"callbacks": [...]}``, ``{"iterator_train__num_workers": 2}``).
+        ``{"iterator_train__num_workers": 2}``). ``{"callbacks": [...]}`` adds
+        skorch callbacks to sktransfer's own (loss check, early stopping).
 
     Attributes
     ----------
@@ -591,7 +595,7 @@ random_state, device, preprocess, verbose, net_kwargs
 
         Returns
         -------
-        y_pred : ndarray of shape (n_samples,) or (n_samples, n_outputs_), float64
+        y_pred : ndarray of shape (n_samples,) or (n_samples, ``n_outputs_``), float64
             1-D when ``y`` was 1-D in ``fit``.
         """
         out = self._outputs(X).double().numpy()

@@ -317,6 +317,40 @@ def test_sgd_with_momentum(source_cnn, digits):
     assert est.history_[-1]["train_loss"] < est.history_[0]["train_loss"]
 
 
+def test_net_kwargs_callbacks_add_to_ours(tabular_source):
+    calls = []
+
+    class Count(Callback):
+        def on_epoch_begin(self, net, **kwargs):
+            calls.append(len(net.history))
+
+    X, y = tabular_source["X_source"][:100], tabular_source["y_source"][:100, 0] * 1e30
+    est = FineTunedRegressor(model=tabular_source["net"], lr=10.0, max_epochs=3,
+                             net_kwargs={"callbacks": [Count()]}, **CPU)
+    # our divergence check still runs next to the user's callback
+    with pytest.raises(FloatingPointError, match="smaller lr"):
+        est.fit(X, y)
+    assert calls
+
+
+def test_default_split_in_wrong_order_names_split_model(digits):
+    class Swapped(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.head = nn.Linear(8, 5)  # declared first, used last
+            self.body = nn.Sequential(nn.Flatten(), nn.Linear(144, 8), nn.ReLU())
+
+        def forward(self, x):
+            return self.head(self.body(x))
+
+    with pytest.raises(ValueError, match="split_model"):
+        FineTunedClassifier(model=Swapped(), max_epochs=1, **CPU).fit(
+            digits["X_target"][:20], digits["y_target"][:20])
+    with pytest.raises(ValueError, match="cannot process X"):  # a real layout problem
+        FineTunedClassifier(model=Swapped(), max_epochs=1, **CPU).fit(
+            np.zeros((20, 7), np.float32), digits["y_target"][:20])
+
+
 def test_verbose_prints_epoch_table(source_cnn, digits, capsys):
     FineTunedClassifier(model=source_cnn, max_epochs=2, verbose=1, random_state=0,
                         **CPU).fit(digits["X_target"][:64], digits["y_target"][:64])
