@@ -118,6 +118,7 @@ class BlockNet(nn.Module):
         self.head_name = head_name if head is not None else None
         self.split_kind = split_kind
         self.channels_last = bool(channels_last)
+        self.start_block = 0
 
     def __len__(self):
         return len(self.blocks)
@@ -135,7 +136,8 @@ class BlockNet(nn.Module):
         return self.post_head(self.head(x))
 
     def forward(self, x):
-        return self.forward_head(self.forward_features(x))
+        # ``start_block > 0`` only while fine-tuning on cached outputs of frozen blocks
+        return self.forward_head(self.forward_features(x, start=self.start_block))
 
     def extra_repr(self):
         return f"block_names={self.block_names}, split_kind={self.split_kind!r}"

@@ -19,7 +19,7 @@ from torch import nn
 from ._base import TransferEstimatorMixin, resolve_device, seed_from_random_state
 from ._blocks import check_freeze_depth, freeze_blocks
 from ._extract import pool_features
-from ._inputs import iter_batches, validate_input
+from ._inputs import iter_batches, make_batch, validate_input
 from ._net import BatchDataset, FiniteLossCheck, TransferNet, _identity_collate
 from ._penalties import PENALTIES
 from ._weights import ResolvedModel
@@ -79,6 +79,7 @@ class _BaseFineTuned(TransferEstimatorMixin, BaseEstimator):
         "validation_fraction": [Interval(numbers.Real, 0, 1, closed="neither")],
         "n_iter_no_change": [Interval(numbers.Integral, 1, None, closed="left")],
         "tol": [Interval(numbers.Real, 0, None, closed="left")],
+        "cache_size": [Interval(numbers.Real, 0, None, closed="left")],
         "random_state": ["random_state"],
         "device": "no_validation",
         "preprocess": "no_validation",
@@ -90,7 +91,8 @@ class _BaseFineTuned(TransferEstimatorMixin, BaseEstimator):
                  alpha=1e-3, lr=1e-3, backbone_lr_scale=0.1, max_epochs=50, batch_size=32,
                  optimizer="adamw", weight_decay=0.0, momentum=0.9, head_hidden_sizes=(),
                  dropout=0.0, reuse_head=False, early_stopping=False,
-                 validation_fraction=0.1, n_iter_no_change=10, tol=1e-4, random_state=None,
+                 validation_fraction=0.1, n_iter_no_change=10, tol=1e-4, cache_size=1024,
+                 random_state=None,
                  device="auto", preprocess="auto", verbose=0, net_kwargs=None):
         self.model = model
         self.weights = weights
@@ -111,6 +113,7 @@ class _BaseFineTuned(TransferEstimatorMixin, BaseEstimator):
         self.validation_fraction = validation_fraction
         self.n_iter_no_change = n_iter_no_change
         self.tol = tol
+        self.cache_size = cache_size
         self.random_state = random_state
         self.device = device
         self.preprocess = preprocess
@@ -246,12 +249,76 @@ class _BaseFineTuned(TransferEstimatorMixin, BaseEstimator):
         features = self._probe(resolved, data, preprocess, seed)
         module, depth, new_prefixes = self._build_module(resolved, features, n_out, seed)
         train_idx, valid_idx = self._validation_split(len(data), stratify, seed)
+        X_train, start = self._training_inputs(module, data, depth, preprocess, device)
+        dataset = BatchDataset(X_train, y_tensor, preprocess)
+        net = self._make_net(module, depth, new_prefixes, dataset, train_idx, valid_idx, device)
+        devices = [torch.device(device).index or 0] if device.startswith("cuda") else []
+        module.start_block = start
+        try:
+            with torch.random.fork_rng(devices=devices):
+                torch.manual_seed(seed)
+                net.fit(torch.utils.data.Subset(dataset, train_idx), None)
+        finally:
+            module.start_block = 0
+        module = net.module_
+        module.eval()
+        for p in module.parameters():
+            p.grad = None
+        self.module_ = module
+        self.device_ = device
+        self._preprocess = preprocess
+        self._source_input_shape = resolved.input_shape
+        self.blocks_ = list(module.block_names)
+        self.freeze_depth_ = depth
+        self.history_ = [
+            {k: (float(v) if isinstance(v, np.floating) else v)
+             for k, v in row.items() if k != "batches"}
+            for row in net.history
+        ]
+        self.n_iter_ = len(self.history_)
+        return self
+
+    def _training_inputs(self, module, data, depth, preprocess, device):
+        """What the trained part of the network sees: ``(X, first trained block)``.
+
+        With frozen blocks and room in ``cache_size``, their outputs are computed
+        once (eval mode, batch by batch) and training starts at block ``depth``;
+        otherwise the raw input, run through the frozen blocks on every batch.
+        """
         if data.kind in ("tabular", "array"):
-            X_all = torch.from_numpy(np.ascontiguousarray(data.data, dtype=np.float32))
+            raw = torch.from_numpy(np.ascontiguousarray(data.data, dtype=np.float32))
         else:
-            X_all = data
-        dataset = BatchDataset(X_all, y_tensor, preprocess)
-        train_ds = torch.utils.data.Subset(dataset, train_idx)
+            raw = data
+        if depth == 0 or self.cache_size == 0:
+            return raw, 0
+        module.eval()
+        with torch.no_grad():
+            sample = make_batch(data, 0, 1, preprocess).to(device)
+            shape = tuple(module.forward_features(sample, stop=depth).shape[1:])
+            n_bytes = 4 * len(data) * int(np.prod(shape))
+            if n_bytes > self.cache_size * 2**20:
+                if self.verbose:
+                    print(
+                        f"Frozen-prefix cache off: the outputs of the {depth} frozen blocks "
+                        f"need {n_bytes / 2**20:.0f} MB > cache_size={self.cache_size} MB; "
+                        "the frozen blocks run on every batch instead."
+                    )
+                return raw, 0
+            cached = torch.empty((len(data), *shape), dtype=torch.float32, device=device)
+            start = 0
+            for batch in iter_batches(data, self.batch_size, preprocess, device):
+                out = module.forward_features(batch, stop=depth)
+                cached[start:start + len(out)] = out
+                start += len(out)
+        if self.verbose:
+            print(
+                f"Frozen-prefix cache on: outputs of the {depth} frozen blocks computed once "
+                f"({n_bytes / 2**20:.1f} MB); training starts at block {depth}."
+            )
+        return cached, depth
+
+    def _make_net(self, module, depth, new_prefixes, dataset, train_idx, valid_idx, device):
+        """The private skorch net for this fit; ``dataset`` holds all samples."""
         train_split = None
         if valid_idx is not None:
             from skorch.helper import predefined_split
@@ -280,32 +347,11 @@ class _BaseFineTuned(TransferEstimatorMixin, BaseEstimator):
         # the user's callbacks come on top of ours (loss check, early stopping, ...)
         kwargs["callbacks"] = kwargs["callbacks"] + list(extra.pop("callbacks", None) or [])
         kwargs.update(extra)
-        net = TransferNet(
+        return TransferNet(
             module, freeze_depth=depth, penalty=self.penalty, alpha=float(self.alpha),
             backbone_lr_scale=float(self.backbone_lr_scale), new_prefixes=new_prefixes,
             **kwargs,
         )
-        devices = [torch.device(device).index or 0] if device.startswith("cuda") else []
-        with torch.random.fork_rng(devices=devices):
-            torch.manual_seed(seed)
-            net.fit(train_ds, None)
-        module = net.module_
-        module.eval()
-        for p in module.parameters():
-            p.grad = None
-        self.module_ = module
-        self.device_ = device
-        self._preprocess = preprocess
-        self._source_input_shape = resolved.input_shape
-        self.blocks_ = list(module.block_names)
-        self.freeze_depth_ = depth
-        self.history_ = [
-            {k: (float(v) if isinstance(v, np.floating) else v)
-             for k, v in row.items() if k != "batches"}
-            for row in net.history
-        ]
-        self.n_iter_ = len(self.history_)
-        return self
 
     def _y_kwargs(self):
         return {"multi_output": False}
@@ -399,6 +445,13 @@ class FineTunedClassifier(ClassifierMixin, _BaseFineTuned):
         Patience of early stopping, in epochs.
     tol : float, default=1e-4
         Relative improvement of the validation loss that counts for early stopping.
+    cache_size : float, default=1024
+        Memory budget (MB) for the frozen-prefix cache: when blocks are frozen,
+        their outputs for the training data are computed once per ``fit`` and the
+        rest of the network trains on them, which gives the same result as running
+        the frozen blocks on every batch, much faster. When the outputs would
+        need more than ``cache_size`` MB (on ``device``), the frozen blocks run on
+        every batch instead (``verbose`` says so). ``0`` turns the cache off.
     random_state : int, RandomState or None, default=None
         Seeds the new head, the shuffling, dropout and the validation split:
         the same seed and data give identical predictions.
@@ -523,7 +576,7 @@ class FineTunedRegressor(RegressorMixin, _BaseFineTuned):
     model, weights, freeze_depth, penalty, alpha, lr, backbone_lr_scale, \
 max_epochs, batch_size, optimizer, weight_decay, momentum, head_hidden_sizes, \
 dropout, reuse_head, early_stopping, validation_fraction, n_iter_no_change, tol, \
-random_state, device, preprocess, verbose, net_kwargs
+cache_size, random_state, device, preprocess, verbose, net_kwargs
         As in :class:`FineTunedClassifier` (the validation split is not stratified).
 
     Attributes
