@@ -67,7 +67,7 @@ else:
     BUDGETS = (5, 10, 25, 50)
     N_REPEATS = 3
     PRETRAIN_EPOCHS, EPOCHS = 15, 40
-    FREEZE_DEPTHS, ALPHAS = (0, 1, 2, "all"), (1e-3, 1e-2, 1e-1)
+    FREEZE_DEPTHS, ALPHAS = (0, 1, 2, "all"), (1e-3, 1e-2)
     LAYERS, CS = (1, 2), (0.1, 1.0, 10.0)
 
 # Scratch training and fine-tuning use exactly the same optimisation settings.
@@ -124,12 +124,12 @@ def place_randomly(images, copies, seed, size=12):
 
 
 is_source = labels < 5
-img_train, img_test, y_src_train, y_source_test = train_test_split(
+img_train, img_test, y_source_train, y_source_test = train_test_split(
     images[is_source], labels[is_source], test_size=0.2, stratify=labels[is_source],
     random_state=0,
 )
 X_source = place_randomly(img_train, copies=3, seed=0)
-y_source = np.tile(y_src_train, 3)
+y_source = np.tile(y_source_train, 3)
 X_source_test = place_randomly(img_test, copies=1, seed=1)
 
 X_target = place_randomly(images[~is_source], copies=1, seed=2)
@@ -244,6 +244,7 @@ METHODS = {
     "frozen features + logreg": frozen_features,
     "fine-tuned (L2-SP)": fine_tuned,
 }
+SCRATCH, FEATURES, TUNED = METHODS
 
 
 def draw_labelled(n_per_class, seed):
@@ -354,7 +355,7 @@ def train_loss(est):
 
 curves = {
     method: np.array([train_loss(fitted[method, CURVE_BUDGET, s]) for s in range(N_REPEATS)])
-    for method in ("from scratch", "fine-tuned (L2-SP)")
+    for method in (SCRATCH, TUNED)
 }
 fig, ax = plt.subplots(figsize=(7, 4.8))
 for (method, runs), color in zip(curves.items(), ("C0", "C2")):
@@ -379,7 +380,6 @@ fig.savefig(OUTPUT_DIR / "digits_transfer_learning_curves.png", dpi=120)
 # Every sentence below is computed from the numbers above.
 
 acc = table.pivot(index="labels/class", columns="method", values="accuracy")
-SCRATCH, FEATURES, TUNED = METHODS
 PHRASE = {SCRATCH: "training from scratch", FEATURES: "frozen features + logreg"}
 
 

@@ -515,3 +515,21 @@ def test_diverging_fit_names_epoch_and_lr(tabular_source):
     X, y = tabular_source["X_source"][:200], tabular_source["y_source"][:200, 0] * 1e30
     with pytest.raises(FloatingPointError, match="epoch 1.*smaller lr"):
         FineTunedRegressor(model=tabular_source["net"], lr=10.0, max_epochs=3, **CPU).fit(X, y)
+
+
+class RecordThreads(Callback):
+    def on_epoch_end(self, net, **kwargs):
+        net.history.record("torch_threads", torch.get_num_threads())
+
+
+def test_parallel_workers_do_not_oversubscribe_cores(tabular_source):
+    import os
+
+    from sklearn.model_selection import cross_validate
+
+    X, y = tabular_source["X_target"][:120], tabular_source["y_target"][:120]
+    est = FineTunedClassifier(model=tabular_source["net"], max_epochs=1, random_state=0,
+                              net_kwargs={"callbacks": [RecordThreads()]}, **CPU)
+    out = cross_validate(est, X, y, cv=2, n_jobs=2, return_estimator=True)
+    threads = [e.history_[0]["torch_threads"] for e in out["estimator"]]
+    assert 2 * max(threads) <= max(os.cpu_count(), 2), threads
