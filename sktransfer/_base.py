@@ -111,9 +111,15 @@ class TransferEstimatorMixin:
             state["device_"] = "cpu"
         return state
 
-    def _resolve_pretrained(self):
-        """A private copy of the pretrained net, split into blocks."""
-        return resolve_model(self.model, self.weights)
+    def _resolve_pretrained(self, seed):
+        """A private copy of the pretrained net, split into blocks.
+
+        A factory (class or callable) is called under ``seed``, so that networks
+        it initialises at random are the same for the same ``random_state``.
+        """
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            return resolve_model(self.model, self.weights)
 
     def _preprocess_fn(self, resolved):
         preprocess = self.preprocess
@@ -156,4 +162,6 @@ class TransferEstimatorMixin:
             finally:
                 net.train(was_training)
         check_split_matches(net, resolved.original, sample)
+        # what the network itself takes (after preprocessing), for chaining and list_blocks
+        resolved.input_shape = tuple(int(d) for d in sample.shape[1:])
         return features

@@ -117,7 +117,8 @@ class FeatureExtractorTransformer(TransferEstimatorMixin, TransformerMixin, Base
         tables are passed to the network as they are.
     random_state : int, RandomState or None, default=None
         Seeds the initialisation of lazy layers (``nn.LazyLinear``) that the
-        model materialises on its first batch; has no other effect.
+        model materialises on its first batch, and of a model built by a class
+        or factory; has no other effect.
 
     Attributes
     ----------
@@ -192,7 +193,8 @@ class FeatureExtractorTransformer(TransferEstimatorMixin, TransformerMixin, Base
         """
         device = resolve_device(self.device)
         data = validate_input(self, X, reset=True)
-        resolved = self._resolve_pretrained()
+        seed = seed_from_random_state(self.random_state)
+        resolved = self._resolve_pretrained(seed)
         preprocess = self._preprocess_fn(resolved)
         net = resolved.net
         stop, name, after_head = resolve_layer(self.layer, net)
@@ -201,7 +203,7 @@ class FeatureExtractorTransformer(TransferEstimatorMixin, TransformerMixin, Base
                 "layer='head' but this model has no head (it is an encoder); use "
                 "layer=None for its output."
             )
-        self._probe(resolved, data, preprocess, seed_from_random_state(self.random_state))
+        self._probe(resolved, data, preprocess, seed)
         net.requires_grad_(False)
         net.eval()
         self.module_ = net.to(device)

@@ -206,7 +206,12 @@ class _BaseFineTuned(TransferEstimatorMixin, BaseEstimator):
     def _callbacks(self):
         from skorch.callbacks import EarlyStopping, ProgressBar
 
-        callbacks = [("finite_loss", FiniteLossCheck())]
+        from skorch.callbacks import PassthroughScoring
+
+        callbacks = [
+            ("train_data_loss", PassthroughScoring(name="train_data_loss", on_train=True)),
+            ("finite_loss", FiniteLossCheck()),
+        ]
         if self.early_stopping:
             callbacks.append(("early_stopping", EarlyStopping(
                 monitor="valid_loss", patience=self.n_iter_no_change, threshold=self.tol,
@@ -244,7 +249,7 @@ class _BaseFineTuned(TransferEstimatorMixin, BaseEstimator):
             )
         y_tensor, n_out, stratify = self._encode_y(y)
         seed = seed_from_random_state(self.random_state)
-        resolved = self._resolve_pretrained()
+        resolved = self._resolve_pretrained(seed)
         preprocess = self._preprocess_fn(resolved)
         features = self._probe(resolved, data, preprocess, seed)
         module, depth, new_prefixes = self._build_module(resolved, features, n_out, seed)
@@ -453,8 +458,9 @@ class FineTunedClassifier(ClassifierMixin, _BaseFineTuned):
         need more than ``cache_size`` MB (on ``device``), the frozen blocks run on
         every batch instead (``verbose`` says so). ``0`` turns the cache off.
     random_state : int, RandomState or None, default=None
-        Seeds the new head, the shuffling, dropout and the validation split:
-        the same seed and data give identical predictions.
+        Seeds a model built by a class or factory, the new head, the shuffling,
+        dropout and the validation split: the same seed and data give identical
+        predictions.
     device : str, default="auto"
         ``"cpu"``, ``"cuda"``, ``"cuda:<i>"`` or ``"auto"`` (CUDA when available).
     preprocess : "auto", callable or None, default="auto"
@@ -478,8 +484,10 @@ class FineTunedClassifier(ClassifierMixin, _BaseFineTuned):
     feature_names_in_ : ndarray of str
         Column names of a DataFrame ``X``.
     history_ : list of dict
-        One dict per epoch: ``epoch``, ``train_loss``, ``valid_loss`` (with early
-        stopping), ``dur`` and skorch's bookkeeping.
+        One dict per epoch: ``epoch``, ``train_loss`` (the objective: mean loss
+        plus ``alpha * R(theta)``), ``train_data_loss`` (the mean loss alone),
+        ``valid_loss`` (with early stopping; never penalised), ``dur`` and
+        skorch's bookkeeping.
     n_iter_ : int
         Number of epochs run.
     blocks_ : list of str

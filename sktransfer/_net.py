@@ -156,6 +156,8 @@ class TransferNet(NeuralNet):
 
     def get_loss(self, y_pred, y_true, X=None, training=False):
         loss = super().get_loss(y_pred, y_true, X=X, training=training)
+        if training:
+            self.history.record_batch("train_data_loss", loss.item())
         if training and self.penalty is not None and self.alpha > 0:
             reg = penalty_value(self.penalty, *self._penalty_params())
             if reg is not None:

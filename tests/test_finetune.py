@@ -533,3 +533,35 @@ def test_parallel_workers_do_not_oversubscribe_cores(tabular_source):
     out = cross_validate(est, X, y, cv=2, n_jobs=2, return_estimator=True)
     threads = [e.history_[0]["torch_threads"] for e in out["estimator"]]
     assert 2 * max(threads) <= max(os.cpu_count(), 2), threads
+
+
+def test_random_state_seeds_a_factory_built_model(digits):
+    X, y = digits["X_target"][:80], digits["y_target"][:80]
+    probas = [
+        FineTunedClassifier(model=lambda: make_cnn(5), max_epochs=2, random_state=s,
+                            **CPU).fit(X, y).predict_proba(X)
+        for s in (7, 7, 8)
+    ]
+    np.testing.assert_array_equal(probas[0], probas[1])
+    assert not np.allclose(probas[0], probas[2])
+
+
+def test_history_separates_data_loss_from_penalty(source_cnn, digits):
+    X, y = digits["X_target"][:100], digits["y_target"][:100]
+    est = FineTunedClassifier(model=source_cnn, penalty="l2", alpha=1.0, max_epochs=2,
+                              random_state=0, **CPU).fit(X, y)
+    for row in est.history_:
+        assert row["train_data_loss"] < row["train_loss"]
+    est = FineTunedClassifier(model=source_cnn, penalty=None, max_epochs=2,
+                              random_state=0, **CPU).fit(X, y)
+    for row in est.history_:
+        assert row["train_data_loss"] == pytest.approx(row["train_loss"])
+
+
+def test_list_blocks_of_a_fitted_estimator_knows_its_input(source_cnn, digits):
+    from sktransfer import list_blocks
+
+    est = FineTunedClassifier(model=source_cnn, max_epochs=1, random_state=0, **CPU).fit(
+        digits["X_target"][:40], digits["y_target"][:40])
+    blocks = list_blocks(est)
+    assert list(blocks["output_shape"]) == [(16, 6, 6), (288,), (64,)]
