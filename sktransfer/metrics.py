@@ -523,11 +523,16 @@ def domain_shift_score(source_features, target_features, *, cv=5, random_state=N
 
     Notes
     -----
-    Read it relative to other feature sets of the same data: a model whose
-    features bring source and target closer (lower score) is the one whose
-    source training is more likely to carry over. Small values (below ~0.2)
-    are within noise of 0 for a few hundred samples. It is a *linear*
-    distinguishability, a lower bound on the true divergence.
+    It measures how different the *inputs* of the two tasks look, not whether
+    transfer will help. Use it on inputs of the same kind of task (the same
+    labels or the same target, e.g. images from another camera, customers of
+    another year): a large value warns that a model trained on the source may
+    meet inputs it has never seen. When source and target are different tasks
+    on purpose (other classes, as digits 0-4 -> 5-9), a good representation
+    *separates* them, so a high score is expected and says nothing against
+    transfer; compare candidate models with :func:`logme_score` instead. Small
+    values (below ~0.2) are within noise of 0 for a few hundred samples. It is
+    a *linear* distinguishability, a lower bound on the true divergence.
 
     References
     ----------
