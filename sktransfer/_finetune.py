@@ -226,7 +226,8 @@ class _BaseFineTuned(TransferEstimatorMixin, BaseEstimator):
         """Fine-tune the pretrained network on ``(X, y)``, starting from its weights.
 
         Every call starts again from the pretrained weights (never from a
-        previous fit).
+        previous fit). A ``KeyboardInterrupt`` in the middle of an epoch ends the
+        fit with the weights of the last completed epoch and a warning saying so.
 
         Parameters
         ----------
@@ -265,6 +266,16 @@ class _BaseFineTuned(TransferEstimatorMixin, BaseEstimator):
                 net.fit(torch.utils.data.Subset(dataset, train_idx), None)
         finally:
             module.start_block = 0
+        if net.interrupted_epoch_ is not None:
+            done = net.interrupted_epoch_ - 1
+            warnings.warn(
+                f"fit was interrupted (KeyboardInterrupt) during epoch "
+                f"{net.interrupted_epoch_}; the model keeps the weights of "
+                + (f"epoch {done}, the last completed one." if done else
+                   "the start of training (pretrained blocks, new head): no epoch was "
+                   "completed."),
+                UserWarning, stacklevel=2,
+            )
         module = net.module_
         module.eval()
         for p in module.parameters():

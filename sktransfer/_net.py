@@ -107,6 +107,42 @@ class TransferNet(NeuralNet):
     def _is_new(self, name):
         return name.startswith(tuple(self.new_prefixes))
 
+    # -- interruption: keep the last completed epoch ---------------------------
+    def _snapshot(self):
+        """Copies of what an epoch can change: trainable parameters and all buffers."""
+        module = self.module_
+        state = {n: p.detach().clone() for n, p in module.named_parameters() if p.requires_grad}
+        state.update({n: b.detach().clone() for n, b in module.named_buffers()})
+        return state
+
+    def on_train_begin(self, net, X=None, y=None, **kwargs):
+        super().on_train_begin(net, X=X, y=y, **kwargs)
+        self.interrupted_epoch_ = None
+        self._epoch_complete = True
+        self._last_state = self._snapshot()
+
+    def on_epoch_begin(self, net, dataset_train=None, dataset_valid=None, **kwargs):
+        super().on_epoch_begin(net, dataset_train, dataset_valid, **kwargs)
+        self._epoch_complete = False
+
+    def on_epoch_end(self, net, dataset_train=None, dataset_valid=None, **kwargs):
+        super().on_epoch_end(net, dataset_train, dataset_valid, **kwargs)
+        self._epoch_complete = True
+        self._last_state = self._snapshot()
+
+    def fit_loop(self, X, y=None, epochs=None, **fit_params):
+        try:
+            return super().fit_loop(X, y, epochs=epochs, **fit_params)
+        except KeyboardInterrupt:
+            # early stopping also stops with KeyboardInterrupt, at the end of an
+            # epoch; an interruption in the middle of one rolls back to the last
+            # completed epoch, so the model is never half-updated
+            if not self._epoch_complete:
+                self.interrupted_epoch_ = self.history[-1, "epoch"]
+                self.history.pop()
+                self.module_.load_state_dict(self._last_state, strict=False)
+            raise
+
     def initialize_module(self):
         super().initialize_module()
         # after skorch moved the module to the device (in _initialize_module) the

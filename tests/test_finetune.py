@@ -565,3 +565,37 @@ def test_list_blocks_of_a_fitted_estimator_knows_its_input(source_cnn, digits):
         digits["X_target"][:40], digits["y_target"][:40])
     blocks = list_blocks(est)
     assert list(blocks["output_shape"]) == [(16, 6, 6), (288,), (64,)]
+
+
+class InterruptAt(Callback):
+    """Simulates Ctrl-C in the middle of an epoch."""
+
+    def __init__(self, epoch, batch):
+        self.epoch, self.batch = epoch, batch
+
+    def on_batch_end(self, net, training=False, **kwargs):
+        row = net.history[-1]
+        if training and len(net.history) == self.epoch and len(row["batches"]) == self.batch:
+            raise KeyboardInterrupt
+
+
+def test_keyboard_interrupt_keeps_the_last_completed_epoch(source_cnn, digits):
+    X, y = digits["X_target"][:128], digits["y_target"][:128]
+    params = dict(model=source_cnn, max_epochs=5, batch_size=32, random_state=0, **CPU)
+    two_epochs = FineTunedClassifier(**{**params, "max_epochs": 2}).fit(X, y)
+    with pytest.warns(UserWarning, match="during epoch 3.*weights of epoch 2"):
+        stopped = FineTunedClassifier(
+            **params, net_kwargs={"callbacks": [InterruptAt(3, 2)]}).fit(X, y)
+    assert stopped.n_iter_ == 2
+    np.testing.assert_array_equal(stopped.predict_proba(X), two_epochs.predict_proba(X))
+
+
+def test_keyboard_interrupt_in_first_epoch_keeps_the_start(source_cnn, digits):
+    X, y = digits["X_target"][:128], digits["y_target"][:128]
+    with pytest.warns(UserWarning, match="no epoch was completed"):
+        est = FineTunedClassifier(model=source_cnn, max_epochs=3, batch_size=32, random_state=0,
+                                  net_kwargs={"callbacks": [InterruptAt(1, 3)]}, **CPU).fit(X, y)
+    assert est.n_iter_ == 0
+    before = split_model(copy.deepcopy(source_cnn))
+    for b_new, b_ref in zip(est.module_.blocks, before.blocks):
+        assert same_state(b_new.state_dict(), b_ref.state_dict())
