@@ -599,3 +599,16 @@ def test_keyboard_interrupt_in_first_epoch_keeps_the_start(source_cnn, digits):
     before = split_model(copy.deepcopy(source_cnn))
     for b_new, b_ref in zip(est.module_.blocks, before.blocks):
         assert same_state(b_new.state_dict(), b_ref.state_dict())
+
+
+def test_same_random_state_same_search_results_for_any_n_jobs(tabular_source):
+    X, y = tabular_source["X_target"][:150], tabular_source["y_target"][:150]
+    est = FineTunedClassifier(model=tabular_source["net"], max_epochs=3, random_state=0, **CPU)
+    grid = {"freeze_depth": [0, "all"], "alpha": [1e-3, 1.0]}
+    results = [
+        GridSearchCV(est, grid, cv=2, n_jobs=n_jobs, scoring="neg_log_loss").fit(X, y)
+        for n_jobs in (1, 2)
+    ]
+    np.testing.assert_allclose(results[0].cv_results_["mean_test_score"],
+                               results[1].cv_results_["mean_test_score"], rtol=1e-5)
+    assert results[0].best_params_ == results[1].best_params_
