@@ -36,7 +36,22 @@ _STATE_DICT_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt", ".safetensors")
 
 
 class WeightsUnavailableError(OSError):
-    """Pretrained weights could not be downloaded and are not in the local cache."""
+    """Pretrained weights could not be downloaded and are not in the local cache.
+
+    Raised by ``fit`` (and :func:`list_blocks`) for ``weights="DEFAULT"`` or another
+    torchvision weights name when the machine is offline. The message names the
+    file that was wanted, torchvision's cache folder, and how to pass a local
+    copy instead (``weights="/path/to/file.pth"``). It is an ``OSError``.
+
+    Examples
+    --------
+    >>> from sktransfer import FeatureExtractorTransformer, WeightsUnavailableError
+    >>> fx = FeatureExtractorTransformer(model="resnet18", weights="DEFAULT")
+    >>> try:  # doctest: +SKIP
+    ...     fx.fit(images)
+    ... except WeightsUnavailableError as exc:
+    ...     print(exc)  # names resnet18-f37072fd.pth and how to pass a local file
+    """
 
 
 @dataclass
