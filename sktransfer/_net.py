@@ -23,7 +23,7 @@ from skorch.callbacks import Callback
 from ._inputs import InputData, make_batch
 from ._penalties import penalty_value
 
-__all__ = ["TransferNet", "BatchDataset", "FiniteLossCheck"]
+__all__ = ["TransferNet", "BatchDataset", "FiniteLossCheck", "RollbackOnInterrupt"]
 
 
 def _identity_collate(batch):
@@ -81,33 +81,15 @@ class FiniteLossCheck(Callback):
             )
 
 
-class TransferNet(NeuralNet):
-    """skorch ``NeuralNet`` with freezing, two learning rates and a penalty.
+class RollbackOnInterrupt:
+    """skorch ``NeuralNet`` mixin: an interruption mid-epoch keeps the last completed epoch.
 
-    Parameters (beyond skorch's)
-    ----------------------------
-    freeze_depth : int
-        Blocks ``0..freeze_depth-1`` are frozen (already ``requires_grad=False``).
-    penalty : {None, "l2", "l1", "l2_sp"}
-    alpha : float
-    backbone_lr_scale : float
-    new_prefixes : tuple of str
-        Parameter-name prefixes of parameters created for the target task.
+    skorch ends ``fit`` quietly on ``KeyboardInterrupt`` (its early stopping
+    raises one too, at the end of an epoch). In the middle of an epoch the
+    weights are half-updated; this mixin restores those of the last completed
+    epoch and records the interrupted epoch in ``interrupted_epoch_``.
     """
 
-    def __init__(self, module, *args, freeze_depth=0, penalty=None, alpha=0.0,
-                 backbone_lr_scale=1.0, new_prefixes=("head.",), **kwargs):
-        super().__init__(module, *args, **kwargs)
-        self.freeze_depth = freeze_depth
-        self.penalty = penalty
-        self.alpha = alpha
-        self.backbone_lr_scale = backbone_lr_scale
-        self.new_prefixes = new_prefixes
-
-    def _is_new(self, name):
-        return name.startswith(tuple(self.new_prefixes))
-
-    # -- interruption: keep the last completed epoch ---------------------------
     def _snapshot(self):
         """Copies of what an epoch can change: trainable parameters and all buffers."""
         module = self.module_
@@ -142,6 +124,33 @@ class TransferNet(NeuralNet):
                 self.history.pop()
                 self.module_.load_state_dict(self._last_state, strict=False)
             raise
+
+
+class TransferNet(RollbackOnInterrupt, NeuralNet):
+    """skorch ``NeuralNet`` with freezing, two learning rates and a penalty.
+
+    Parameters (beyond skorch's)
+    ----------------------------
+    freeze_depth : int
+        Blocks ``0..freeze_depth-1`` are frozen (already ``requires_grad=False``).
+    penalty : {None, "l2", "l1", "l2_sp"}
+    alpha : float
+    backbone_lr_scale : float
+    new_prefixes : tuple of str
+        Parameter-name prefixes of parameters created for the target task.
+    """
+
+    def __init__(self, module, *args, freeze_depth=0, penalty=None, alpha=0.0,
+                 backbone_lr_scale=1.0, new_prefixes=("head.",), **kwargs):
+        super().__init__(module, *args, **kwargs)
+        self.freeze_depth = freeze_depth
+        self.penalty = penalty
+        self.alpha = alpha
+        self.backbone_lr_scale = backbone_lr_scale
+        self.new_prefixes = new_prefixes
+
+    def _is_new(self, name):
+        return name.startswith(tuple(self.new_prefixes))
 
     def initialize_module(self):
         super().initialize_module()

@@ -35,6 +35,16 @@ def shifted_digits(images, copies, seed, size=12):
     return out
 
 
+def few_labels(X, y, per_class, seed):
+    """``per_class`` random samples of each class, and the rest (a held-out set)."""
+    rng = np.random.RandomState(seed)
+    idx = np.concatenate([
+        rng.choice(np.flatnonzero(y == c), per_class, replace=False) for c in np.unique(y)
+    ])
+    rest = np.setdiff1d(np.arange(len(y)), idx)
+    return X[idx], y[idx], X[rest], y[rest]
+
+
 def train_plain(net, X, y, epochs=40, lr=3e-3, seed=0, loss="ce"):
     """Plain full-batch Adam loop, used only to pretrain source networks for the tests."""
     torch.manual_seed(seed)

@@ -12,18 +12,9 @@ from torch import nn
 
 from sktransfer import FeatureExtractorTransformer, list_blocks
 
-from .conftest import make_cnn
+from .conftest import few_labels, make_cnn
 
 CPU = {"device": "cpu"}
-
-
-def few_labels(X, y, per_class, seed):
-    rng = np.random.RandomState(seed)
-    idx = np.concatenate([
-        rng.choice(np.flatnonzero(y == c), per_class, replace=False) for c in np.unique(y)
-    ])
-    rest = np.setdiff1d(np.arange(len(y)), idx)
-    return X[idx], y[idx], X[rest], y[rest]
 
 
 def lr_score(F_train, y_train, F_test, y_test):

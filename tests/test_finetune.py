@@ -17,7 +17,7 @@ from torch import nn
 
 from sktransfer import FineTunedClassifier, FineTunedRegressor, split_model
 
-from .conftest import make_cnn
+from .conftest import few_labels, make_cnn
 
 CPU = {"device": "cpu"}
 
@@ -40,15 +40,6 @@ def bn_source(digits):
 
     net = bn_cnn()
     return train_plain(net, digits["X_source"][:1000], digits["y_source"][:1000], epochs=3)
-
-
-def few_labels(X, y, per_class, seed):
-    rng = np.random.RandomState(seed)
-    idx = np.concatenate([
-        rng.choice(np.flatnonzero(y == c), per_class, replace=False) for c in np.unique(y)
-    ])
-    rest = np.setdiff1d(np.arange(len(y)), idx)
-    return X[idx], y[idx], X[rest], y[rest]
 
 
 def block_states(module):
