@@ -8,6 +8,7 @@ selection tools.
 from ._blocks import BlockNet, list_blocks, split_model
 from ._extract import FeatureExtractorTransformer
 from ._finetune import FineTunedClassifier, FineTunedRegressor
+from ._pretrain import TabularPretrainer
 from ._weights import WeightsUnavailableError
 
 __version__ = "0.1.0.dev0"
@@ -20,5 +21,6 @@ __all__ = [
     "WeightsUnavailableError",
     "list_blocks",
     "split_model",
+    "TabularPretrainer",
     "__version__",
 ]

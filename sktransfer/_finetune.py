@@ -20,7 +20,7 @@ from ._base import TransferEstimatorMixin, resolve_device, seed_from_random_stat
 from ._blocks import check_freeze_depth, freeze_blocks
 from ._extract import pool_features
 from ._inputs import iter_batches, make_batch, validate_input
-from ._net import BatchDataset, FiniteLossCheck, TransferNet, _identity_collate
+from ._net import BatchDataset, FiniteLossCheck, TransferNet, identity_collate
 from ._penalties import PENALTIES
 from ._weights import ResolvedModel
 
@@ -353,8 +353,8 @@ class _BaseFineTuned(TransferEstimatorMixin, BaseEstimator):
             # a last batch of one sample breaks BatchNorm in training mode
             "iterator_train__drop_last": len(train_idx) % self.batch_size == 1
             and len(train_idx) > 1,
-            "iterator_train__collate_fn": _identity_collate,
-            "iterator_valid__collate_fn": _identity_collate,
+            "iterator_train__collate_fn": identity_collate,
+            "iterator_valid__collate_fn": identity_collate,
             "device": device,
             "verbose": int(self.verbose),
         }

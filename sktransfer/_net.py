@@ -23,10 +23,12 @@ from skorch.callbacks import Callback
 from ._inputs import InputData, make_batch
 from ._penalties import penalty_value
 
-__all__ = ["TransferNet", "BatchDataset", "FiniteLossCheck", "RollbackOnInterrupt"]
+__all__ = ["TransferNet", "BatchDataset", "FiniteLossCheck", "RollbackOnInterrupt",
+           "identity_collate"]
 
 
-def _identity_collate(batch):
+def identity_collate(batch):
+    """``BatchDataset`` hands out whole batches: no per-sample collation."""
     return batch
 
 

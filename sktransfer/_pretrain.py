@@ -26,6 +26,7 @@ from __future__ import annotations
 import copy
 import math
 import numbers
+import warnings
 
 import numpy as np
 import torch
@@ -41,7 +42,7 @@ from torch import nn
 
 from ._base import resolve_device, seed_from_random_state
 from ._blocks import BlockNet
-from ._net import BatchDataset
+from ._net import BatchDataset, RollbackOnInterrupt, identity_collate
 from ._weights import ResolvedModel
 
 __all__ = ["TabularPretrainer"]
@@ -119,7 +120,7 @@ def _corrupt(x, pool, mask_rate, generator):
     return torch.where(mask, replacement, x), mask.to(x.dtype)
 
 
-def nt_xent(z1, z2, temperature):
+def _nt_xent(z1, z2, temperature):
     """InfoNCE / NT-Xent over ``2n`` views: view ``i``'s positive is its twin."""
     n = len(z1)
     z = F.normalize(torch.cat([z1, z2]), dim=1)
@@ -130,7 +131,7 @@ def nt_xent(z1, z2, temperature):
     return F.cross_entropy(sim, twin)
 
 
-class _PretrainNet(NeuralNet):
+class _PretrainNet(RollbackOnInterrupt, NeuralNet):
     """skorch ``NeuralNet`` whose batches are corrupted inside the step.
 
     ``infer`` corrupts the batch (from a seeded generator: one for training that
@@ -184,7 +185,7 @@ class _PretrainNet(NeuralNet):
             self.history.record_batch(f"{prefix}_value_mse", mse.item())
             self.history.record_batch(f"{prefix}_mask_bce", bce.item())
             return mse + bce
-        return nt_xent(y_pred["z1"], y_pred["z2"], self.temperature)
+        return _nt_xent(y_pred["z1"], y_pred["z2"], self.temperature)
 
 
 class _FiniteLoss(Callback):
@@ -255,7 +256,7 @@ class TabularPretrainer(TransformerMixin, BaseEstimator):
 
     Parameters
     ----------
-    hidden_layer_sizes : tuple of int, default=(256, 256)
+    hidden_layer_sizes : tuple of int or int, default=(256, 256)
         Width of each hidden layer of the encoder (``Linear -> ReLU``); the
         last one is the embedding size. One block per layer.
     method : {"masked", "contrastive"}, default="masked"
@@ -304,9 +305,9 @@ class TabularPretrainer(TransformerMixin, BaseEstimator):
     encoder_ : BlockNet
         The pretrained encoder (standardisation included), on ``device_``, in
         eval mode. Its output is the embedding.
-    mean_ : ndarray of shape (n_features_in_,)
+    mean_ : ndarray of shape (``n_features_in_``,)
         Column means of the ``fit`` rows.
-    scale_ : ndarray of shape (n_features_in_,)
+    scale_ : ndarray of shape (``n_features_in_``,)
         Column standard deviations of the ``fit`` rows.
     n_features_in_ : int
         Number of input columns.
@@ -341,7 +342,7 @@ class TabularPretrainer(TransformerMixin, BaseEstimator):
     --------
     >>> import numpy as np
     >>> from sktransfer import FineTunedClassifier
-    >>> from sktransfer._pretrain import TabularPretrainer
+    >>> from sktransfer import TabularPretrainer
     >>> rng = np.random.RandomState(0)
     >>> X_unlabeled = rng.normal(size=(200, 5))
     >>> pre = TabularPretrainer(hidden_layer_sizes=(16, 16), max_epochs=5,
@@ -376,7 +377,9 @@ class TabularPretrainer(TransformerMixin, BaseEstimator):
     """
 
     _parameter_constraints = {
-        "hidden_layer_sizes": ["array-like"],
+        "hidden_layer_sizes": [
+            "array-like", Interval(numbers.Integral, 1, None, closed="left"),
+        ],
         "method": [StrOptions(set(_METHODS))],
         "mask_rate": [Interval(numbers.Real, 0, 1, closed="neither")],
         "temperature": [Interval(numbers.Real, 0, None, closed="neither")],
@@ -499,8 +502,8 @@ class TabularPretrainer(TransformerMixin, BaseEstimator):
             # a batch of one row has no negatives for the contrastive loss
             "iterator_train__drop_last": len(train_idx) % self.batch_size == 1
             and len(train_idx) > 1,
-            "iterator_train__collate_fn": _whole_batch,
-            "iterator_valid__collate_fn": _whole_batch,
+            "iterator_train__collate_fn": identity_collate,
+            "iterator_valid__collate_fn": identity_collate,
             "device": device,
             "verbose": int(self.verbose),
         }
@@ -519,7 +522,9 @@ class TabularPretrainer(TransformerMixin, BaseEstimator):
     def fit(self, X, y=None):
         """Pretrain the encoder on the rows of ``X`` (no labels).
 
-        Every call starts from a new random initialisation.
+        Every call starts from a new random initialisation. A
+        ``KeyboardInterrupt`` in the middle of an epoch ends the fit with the
+        weights of the last completed epoch and a warning saying so.
 
         Parameters
         ----------
@@ -551,6 +556,16 @@ class TabularPretrainer(TransformerMixin, BaseEstimator):
         with torch.random.fork_rng(devices=devices):
             torch.manual_seed(seed)
             net.fit(torch.utils.data.Subset(dataset, train_idx), None)
+        if net.interrupted_epoch_ is not None:
+            done = net.interrupted_epoch_ - 1
+            warnings.warn(
+                f"fit was interrupted (KeyboardInterrupt) during epoch "
+                f"{net.interrupted_epoch_}; the encoder keeps the weights of "
+                + (f"epoch {done}, the last completed one." if done else
+                   "the start of training (random initialisation): no epoch was "
+                   "completed."),
+                UserWarning, stacklevel=2,
+            )
         encoder = net.module_.encoder.eval()
         for p in encoder.parameters():
             p.grad = None
@@ -573,12 +588,12 @@ class TabularPretrainer(TransformerMixin, BaseEstimator):
 
         Parameters
         ----------
-        X : array-like or DataFrame of shape (n_samples, n_features_in_)
+        X : array-like or DataFrame of shape (n_samples, ``n_features_in_``)
             Raw rows (the encoder standardises them itself).
 
         Returns
         -------
-        X_new : ndarray of shape (n_samples, n_features_out_), dtype float32
+        X_new : ndarray of shape (n_samples, ``n_features_out_``), dtype float32
         """
         check_is_fitted(self, "encoder_")
         X = validate_data(self, X, reset=False, dtype=[np.float32, np.float64])
@@ -632,7 +647,3 @@ class TabularPretrainer(TransformerMixin, BaseEstimator):
             state["device_"] = "cpu"
         return state
 
-
-def _whole_batch(batch):
-    """``BatchDataset`` hands out whole batches: no per-sample collation."""
-    return batch

@@ -7,7 +7,12 @@ seeded initialisation) on the first batch. No check is expected to fail.
 
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
-from sktransfer import FeatureExtractorTransformer, FineTunedClassifier, FineTunedRegressor
+from sktransfer import (
+    FeatureExtractorTransformer,
+    FineTunedClassifier,
+    FineTunedRegressor,
+    TabularPretrainer,
+)
 
 from .conftest import tiny_mlp
 
@@ -19,6 +24,7 @@ ESTIMATORS = [
     FeatureExtractorTransformer(model=tiny_mlp, device="cpu"),
     FineTunedClassifier(model=tiny_mlp, **_FIT),
     FineTunedRegressor(model=tiny_mlp, **_FIT),
+    TabularPretrainer(hidden_layer_sizes=(8,), max_epochs=3, random_state=0, device="cpu"),
 ]
 
 # Expected failures, each with the reason a reviewer needs (none at present).

@@ -7,13 +7,16 @@ import pandas as pd
 import pytest
 import torch
 from sklearn.datasets import load_digits
+from sklearn.exceptions import NotFittedError
 from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import GridSearchCV, train_test_split
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
+from skorch.callbacks import Callback
 
 from sktransfer import FeatureExtractorTransformer, FineTunedClassifier, list_blocks
-from sktransfer._pretrain import TabularPretrainer, _build_encoder
+from sktransfer import TabularPretrainer
+from sktransfer._pretrain import _build_encoder
 
 CPU = {"device": "cpu"}
 # small and quick, and (checked) enough to learn something on digits
@@ -78,7 +81,8 @@ def test_pretraining_lowers_the_self_supervised_loss(pretrained, method):
         # no information (and not far from it at the first epoch's end)
         assert losses[-1] < np.log(2 * 128 - 1) - 0.5, losses
     else:
-        assert losses[-1] < 0.8 * losses[0], losses  # the two parts are recorded, and the loss is their sum
+        assert losses[-1] < 0.8 * losses[0], losses
+        # the two parts are recorded, and the loss is their sum
         last = pre.history_[-1]
         assert last["train_loss"] == pytest.approx(
             last["train_value_mse"] + last["train_mask_bce"], rel=1e-5)
@@ -194,11 +198,14 @@ def test_early_stopping_restores_the_best_epoch(table, capsys):
     assert stopped.history_[0]["valid_loss"] == first_epoch.history_[0]["valid_loss"]
 
 
-def test_dataframe_input():
+def test_dataframe_input_and_dropout():
     rng = np.random.RandomState(0)
     df = pd.DataFrame({"a": rng.normal(size=50), "b": rng.uniform(size=50)})
-    pre = TabularPretrainer(hidden_layer_sizes=(8,), max_epochs=2, random_state=0,
+    pre = TabularPretrainer(hidden_layer_sizes=8, dropout=0.5, max_epochs=2, random_state=0,
                             **CPU).fit(df)
+    assert pre.blocks_ == ["layer0"] and pre.n_features_out_ == 8
+    # dropout is on while pretraining, off in transform
+    np.testing.assert_array_equal(pre.transform(df), pre.transform(df))
     assert list(pre.feature_names_in_) == ["a", "b"]
     with pytest.warns(UserWarning, match="does not have valid feature names"):
         from_array = pre.transform(df.to_numpy())
@@ -240,6 +247,8 @@ def test_wrong_feature_count_and_bad_parameters(pretrained, table):
         TabularPretrainer(method="vime", **CPU).fit(X)
     with pytest.raises(ValueError, match="mask_rate"):
         TabularPretrainer(mask_rate=1.0, **CPU).fit(X)
+    with pytest.raises(NotFittedError, match="TabularPretrainer instance is not fitted"):
+        FineTunedClassifier(model=TabularPretrainer(), **CPU).fit(X, np.arange(20) % 2)
 
 
 def test_pickle_round_trip(pretrained, table):
@@ -252,3 +261,26 @@ def test_pickle_round_trip(pretrained, table):
     clf = FineTunedClassifier(model=loaded, freeze_depth="all", max_epochs=2,
                               random_state=0, **CPU).fit(X_test[:40], y_test[:40])
     assert clf.predict(X_test[:3]).shape == (3,)
+
+
+class InterruptAt(Callback):
+    """Simulates Ctrl-C in the middle of an epoch."""
+
+    def __init__(self, epoch, batch):
+        self.epoch, self.batch = epoch, batch
+
+    def on_batch_end(self, net, training=False, **kwargs):
+        row = net.history[-1]
+        if training and len(net.history) == self.epoch and len(row["batches"]) == self.batch:
+            raise KeyboardInterrupt
+
+
+def test_keyboard_interrupt_keeps_the_last_completed_epoch(table):
+    X = nonconstant(table[0][:256])
+    kw = {"hidden_layer_sizes": (16,), "batch_size": 32, "random_state": 0, **CPU}
+    two_epochs = TabularPretrainer(max_epochs=2, **kw).fit(X)
+    with pytest.warns(UserWarning, match="during epoch 3.*weights of epoch 2"):
+        stopped = TabularPretrainer(max_epochs=5, net_kwargs={
+            "callbacks": [InterruptAt(3, 2)]}, **kw).fit(X)
+    assert stopped.n_iter_ == 2
+    np.testing.assert_array_equal(stopped.transform(X), two_epochs.transform(X))
