@@ -9,7 +9,6 @@ from abc import abstractmethod
 import numpy as np
 import torch
 from sklearn.base import BaseEstimator, ClassifierMixin, RegressorMixin, _fit_context
-from sklearn.model_selection import train_test_split
 from sklearn.preprocessing import LabelEncoder
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.multiclass import check_classification_targets
@@ -20,8 +19,15 @@ from ._base import TransferEstimatorMixin, resolve_device, seed_from_random_stat
 from ._blocks import check_freeze_depth, freeze_blocks
 from ._extract import pool_features
 from ._inputs import iter_batches, make_batch, validate_input
-from ._net import BatchDataset, FiniteLossCheck, TransferNet, identity_collate
-from ._penalties import PENALTIES
+from ._net import (
+    BatchDataset,
+    FiniteLossCheck,
+    TransferNet,
+    finish_fit,
+    fit_seeded,
+    holdout_split,
+    identity_collate,
+)
 from ._weights import ResolvedModel
 
 __all__ = ["FineTunedClassifier", "FineTunedRegressor"]
@@ -190,18 +196,7 @@ class _BaseFineTuned(TransferEstimatorMixin, BaseEstimator):
     def _validation_split(self, n, stratify, seed):
         if not self.early_stopping:
             return np.arange(n), None
-        try:
-            train_idx, valid_idx = train_test_split(
-                np.arange(n), test_size=self.validation_fraction, random_state=seed,
-                stratify=stratify,
-            )
-        except ValueError as exc:
-            raise ValueError(
-                f"early_stopping=True cannot hold out validation_fraction="
-                f"{self.validation_fraction} of {n} samples ({exc}). Increase "
-                "validation_fraction, pass more samples, or set early_stopping=False."
-            ) from exc
-        return np.sort(train_idx), np.sort(valid_idx)
+        return holdout_split(n, self.validation_fraction, seed, stratify=stratify)
 
     def _callbacks(self):
         from skorch.callbacks import EarlyStopping, ProgressBar
@@ -258,40 +253,21 @@ class _BaseFineTuned(TransferEstimatorMixin, BaseEstimator):
         X_train, start = self._training_inputs(module, data, depth, preprocess, device)
         dataset = BatchDataset(X_train, y_tensor, preprocess)
         net = self._make_net(module, depth, new_prefixes, dataset, train_idx, valid_idx, device)
-        devices = [torch.device(device).index or 0] if device.startswith("cuda") else []
         module.start_block = start
         try:
-            with torch.random.fork_rng(devices=devices):
-                torch.manual_seed(seed)
-                net.fit(torch.utils.data.Subset(dataset, train_idx), None)
+            fit_seeded(net, dataset, train_idx, seed, device)
         finally:
             module.start_block = 0
-        if net.interrupted_epoch_ is not None:
-            done = net.interrupted_epoch_ - 1
-            warnings.warn(
-                f"fit was interrupted (KeyboardInterrupt) during epoch "
-                f"{net.interrupted_epoch_}; the model keeps the weights of "
-                + (f"epoch {done}, the last completed one." if done else
-                   "the start of training (pretrained blocks, new head): no epoch was "
-                   "completed."),
-                UserWarning, stacklevel=2,
-            )
+        history = finish_fit(net, net.module_, "pretrained blocks, new head")
         module = net.module_
-        module.eval()
-        for p in module.parameters():
-            p.grad = None
         self.module_ = module
         self.device_ = device
         self._preprocess = preprocess
         self._source_input_shape = resolved.input_shape
         self.blocks_ = list(module.block_names)
         self.freeze_depth_ = depth
-        self.history_ = [
-            {k: (float(v) if isinstance(v, np.floating) else v)
-             for k, v in row.items() if k != "batches"}
-            for row in net.history
-        ]
-        self.n_iter_ = len(self.history_)
+        self.history_ = history
+        self.n_iter_ = len(history)
         return self
 
     def _training_inputs(self, module, data, depth, preprocess, device):

@@ -14,6 +14,7 @@ the training loop, history and callbacks. We only override small stages:
 from __future__ import annotations
 
 import math
+import warnings
 
 import numpy as np
 import torch
@@ -24,12 +25,62 @@ from ._inputs import InputData, make_batch
 from ._penalties import penalty_value
 
 __all__ = ["TransferNet", "BatchDataset", "FiniteLossCheck", "RollbackOnInterrupt",
-           "identity_collate"]
+           "identity_collate", "holdout_split", "fit_seeded", "finish_fit"]
 
 
 def identity_collate(batch):
     """``BatchDataset`` hands out whole batches: no per-sample collation."""
     return batch
+
+
+def holdout_split(n, validation_fraction, seed, stratify=None, unit="samples"):
+    """Train/validation indices for early stopping (sorted), seeded by ``seed``."""
+    from sklearn.model_selection import train_test_split
+
+    try:
+        train_idx, valid_idx = train_test_split(
+            np.arange(n), test_size=validation_fraction, random_state=seed, stratify=stratify,
+        )
+    except ValueError as exc:
+        raise ValueError(
+            f"early_stopping=True cannot hold out validation_fraction={validation_fraction} "
+            f"of {n} {unit} ({exc}). Increase validation_fraction, pass more {unit}, or set "
+            "early_stopping=False."
+        ) from exc
+    return np.sort(train_idx), np.sort(valid_idx)
+
+
+def fit_seeded(net, dataset, train_idx, seed, device):
+    """``net.fit`` on ``dataset[train_idx]`` with torch's RNG seeded, then restored."""
+    devices = [torch.device(device).index or 0] if str(device).startswith("cuda") else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        net.fit(torch.utils.data.Subset(dataset, train_idx), None)
+
+
+def finish_fit(net, module, start_state):
+    """After ``net.fit``: warn about an interruption, free gradients, eval mode.
+
+    Returns ``history_`` rows: one plain dict per epoch (skorch's per-batch
+    records left out, numpy floats as Python floats).
+    """
+    if net.interrupted_epoch_ is not None:
+        done = net.interrupted_epoch_ - 1
+        warnings.warn(
+            f"fit was interrupted (KeyboardInterrupt) during epoch {net.interrupted_epoch_}; "
+            "the model keeps the weights of "
+            + (f"epoch {done}, the last completed one." if done else
+               f"the start of training ({start_state}): no epoch was completed."),
+            UserWarning, stacklevel=3,
+        )
+    module.eval()
+    for p in module.parameters():
+        p.grad = None
+    return [
+        {k: (float(v) if isinstance(v, np.floating) else v)
+         for k, v in row.items() if k != "batches"}
+        for row in net.history
+    ]
 
 
 class BatchDataset(torch.utils.data.Dataset):

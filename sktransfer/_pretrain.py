@@ -26,13 +26,11 @@ from __future__ import annotations
 import copy
 import math
 import numbers
-import warnings
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from sklearn.base import BaseEstimator, TransformerMixin, _fit_context
-from sklearn.model_selection import train_test_split
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import _check_feature_names_in, check_is_fitted, validate_data
 from skorch import NeuralNet
@@ -42,7 +40,14 @@ from torch import nn
 
 from ._base import resolve_device, seed_from_random_state
 from ._blocks import BlockNet
-from ._net import BatchDataset, RollbackOnInterrupt, identity_collate
+from ._net import (
+    BatchDataset,
+    RollbackOnInterrupt,
+    finish_fit,
+    fit_seeded,
+    holdout_split,
+    identity_collate,
+)
 from ._weights import ResolvedModel
 
 __all__ = ["TabularPretrainer"]
@@ -455,17 +460,7 @@ class TabularPretrainer(TransformerMixin, BaseEstimator):
     def _validation_split(self, n, seed):
         if not self.early_stopping:
             return np.arange(n), None
-        try:
-            train_idx, valid_idx = train_test_split(
-                np.arange(n), test_size=self.validation_fraction, random_state=seed
-            )
-        except ValueError as exc:
-            raise ValueError(
-                f"early_stopping=True cannot hold out validation_fraction="
-                f"{self.validation_fraction} of {n} rows ({exc}). Increase "
-                "validation_fraction, pass more rows, or set early_stopping=False."
-            ) from exc
-        return np.sort(train_idx), np.sort(valid_idx)
+        return holdout_split(n, self.validation_fraction, seed, unit="rows")
 
     def _callbacks(self):
         callbacks = [("finite_loss", _FiniteLoss())]
@@ -552,34 +547,16 @@ class TabularPretrainer(TransformerMixin, BaseEstimator):
         train_idx, valid_idx = self._validation_split(len(X), seed)
         dataset = BatchDataset(torch.from_numpy(np.ascontiguousarray(X, dtype=np.float32)))
         net = self._make_net(module, dataset, train_idx, valid_idx, seed, device)
-        devices = [torch.device(device).index or 0] if device.startswith("cuda") else []
-        with torch.random.fork_rng(devices=devices):
-            torch.manual_seed(seed)
-            net.fit(torch.utils.data.Subset(dataset, train_idx), None)
-        if net.interrupted_epoch_ is not None:
-            done = net.interrupted_epoch_ - 1
-            warnings.warn(
-                f"fit was interrupted (KeyboardInterrupt) during epoch "
-                f"{net.interrupted_epoch_}; the encoder keeps the weights of "
-                + (f"epoch {done}, the last completed one." if done else
-                   "the start of training (random initialisation): no epoch was "
-                   "completed."),
-                UserWarning, stacklevel=2,
-            )
-        encoder = net.module_.encoder.eval()
-        for p in encoder.parameters():
-            p.grad = None
+        fit_seeded(net, dataset, train_idx, seed, device)
+        history = finish_fit(net, net.module_, "random initialisation")
+        encoder = net.module_.encoder
         self.encoder_ = encoder
         self.mean_, self.scale_ = mean, scale
         self.n_features_out_ = hidden[-1]
         self.blocks_ = list(encoder.block_names)
         self.device_ = device
-        self.history_ = [
-            {k: (float(v) if isinstance(v, np.floating) else v)
-             for k, v in row.items() if k != "batches"}
-            for row in net.history
-        ]
-        self.n_iter_ = len(self.history_)
+        self.history_ = history
+        self.n_iter_ = len(history)
         return self
 
     # -- use -----------------------------------------------------------------------
