@@ -13,6 +13,7 @@ from sklearn.preprocessing import LabelEncoder
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted
+from skorch.callbacks import EarlyStopping, PassthroughScoring, ProgressBar
 from torch import nn
 
 from ._base import TransferEstimatorMixin, resolve_device, seed_from_random_state
@@ -179,12 +180,13 @@ class _BaseFineTuned(TransferEstimatorMixin, BaseEstimator):
                     UserWarning, stacklevel=3,
                 )
         else:
+            # the head's input: features per sample (a map or tokens get pooled first)
+            channel_axis = -1 if features.ndim == 2 or net.channels_last else 1
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(seed)
                 net.head = _make_head(
-                    int(np.prod(features.shape[1:])) if features.ndim == 2 else
-                    int(features.shape[-1] if net.channels_last else features.shape[1]),
-                    n_out, hidden, self.dropout, features.ndim > 2, net.channels_last,
+                    int(features.shape[channel_axis]), n_out, hidden, self.dropout,
+                    features.ndim > 2, net.channels_last,
                 )
             net.post_head = nn.Identity()
             net.has_head = True
@@ -199,10 +201,6 @@ class _BaseFineTuned(TransferEstimatorMixin, BaseEstimator):
         return holdout_split(n, self.validation_fraction, seed, stratify=stratify)
 
     def _callbacks(self):
-        from skorch.callbacks import EarlyStopping, ProgressBar
-
-        from skorch.callbacks import PassthroughScoring
-
         callbacks = [
             ("train_data_loss", PassthroughScoring(name="train_data_loss", on_train=True)),
             ("finite_loss", FiniteLossCheck()),

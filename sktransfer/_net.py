@@ -247,10 +247,19 @@ class TransferNet(RollbackOnInterrupt, NeuralNet):
         return self
 
     def _set_training(self, training=True):
+        # skorch calls this on every step; walking a large module's tree each time
+        # costs more than a small head's step, so switch only when the mode changes
+        if getattr(self, "_training_mode", None) is training:
+            return
         super()._set_training(training)
         if training:
             for block in self.module_.blocks[: self.freeze_depth]:
                 block.eval()
+        self._training_mode = training
+
+    def on_train_begin(self, net, X=None, y=None, **kwargs):
+        self._training_mode = None  # the module's mode is unknown until set
+        super().on_train_begin(net, X=X, y=y, **kwargs)
 
     def get_loss(self, y_pred, y_true, X=None, training=False):
         loss = super().get_loss(y_pred, y_true, X=X, training=training)
