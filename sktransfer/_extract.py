@@ -114,7 +114,10 @@ class FeatureExtractorTransformer(TransferEstimatorMixin, TransformerMixin, Base
         ``"auto"`` uses the torchvision weights' own transforms when they are
         known (else scales pixels to ``[0, 1]``); a callable receives a PIL image
         (files) or a uint8 tensor batch ``(n, C, H, W)`` (arrays). Float arrays and
-        tables are passed to the network as they are.
+        tables are passed to the network as they are. The weights' transforms
+        resize to the size the network was trained at (224 for most ImageNet
+        models); for small images, ``ResNet18_Weights.DEFAULT.transforms(
+        crop_size=64, resize_size=64)`` keeps the normalisation at a lower cost.
     random_state : int, RandomState or None, default=None
         Seeds the initialisation of lazy layers (``nn.LazyLinear``) that the
         model materialises on its first batch, and of a model built by a class
