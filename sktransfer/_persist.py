@@ -1,0 +1,147 @@
+"""Share a fine-tuned model without pickle: weights + metadata in one .safetensors file.
+
+``est.save_weights(path)`` writes the fine-tuned network's tensors and, as JSON
+metadata, what is needed to rebuild it around the same pretrained model:
+the head's configuration, the labels or the number of outputs, the input
+layout. ``FineTunedClassifier(model=<same pretrained model>).load_weights(path)``
+rebuilds the network, loads the tensors and leaves a fitted estimator. No code
+is ever unpickled: safetensors files hold tensors and strings only.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+
+from ._inputs import InputData
+
+__all__ = ["save_weights", "load_weights"]
+
+_FORMAT = "sktransfer.finetuned/1"
+
+
+def _json_list(values):
+    return [v.item() if isinstance(v, np.generic) else v for v in np.asarray(values).tolist()]
+
+
+def save_weights(est, path):
+    from safetensors.torch import save_file
+
+    from . import __version__
+
+    path = Path(os.fspath(path))
+    if path.suffix != ".safetensors":
+        raise ValueError(
+            f"save_weights writes safetensors files: use a path ending in '.safetensors', "
+            f"got {str(path)!r}."
+        )
+    meta = {
+        "format": _FORMAT,
+        "sktransfer_version": __version__,
+        "estimator": type(est).__name__,
+        "head_hidden_sizes": list(est.head_hidden_sizes),
+        "dropout": float(est.dropout),
+        "reuse_head": bool(est.reuse_head),
+        "freeze_depth": est.freeze_depth_,
+        "blocks": est.blocks_,
+        "net_input_shape": list(est._source_input_shape),
+        "input_kind": est.input_kind_,
+        "input_shape": list(getattr(est, "input_shape_", ())) or None,
+        "n_features_in": getattr(est, "n_features_in_", None),
+        "feature_names_in": (_json_list(est.feature_names_in_)
+                             if hasattr(est, "feature_names_in_") else None),
+        "history": est.history_,
+    }
+    if hasattr(est, "classes_"):
+        meta["classes"] = _json_list(est.classes_)
+        meta["classes_dtype"] = est.classes_.dtype.str
+    else:
+        meta["n_outputs"] = est.n_outputs_
+        meta["y_1d"] = bool(est._y_1d)
+    tensors = {k: v.detach().to("cpu").contiguous() for k, v in est.module_.state_dict().items()}
+    save_file(tensors, str(path), metadata={"sktransfer": json.dumps(meta)})
+    return path
+
+
+def _read(path):
+    from safetensors import safe_open
+
+    path = Path(os.fspath(path))
+    if not path.is_file():
+        raise FileNotFoundError(f"Weights file {str(path)!r} does not exist.")
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as f:
+            meta = (f.metadata() or {}).get("sktransfer")
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except Exception as exc:  # noqa: BLE001 - any parse error is the same problem
+        raise ValueError(f"Could not read {str(path)!r} as a safetensors file: {exc}") from exc
+    if meta is None:
+        raise ValueError(
+            f"{str(path)!r} has no sktransfer metadata: it was not written by "
+            "save_weights. To start fine-tuning from a plain state dict, pass it as "
+            "weights= instead."
+        )
+    meta = json.loads(meta)
+    if meta.get("format") != _FORMAT:
+        raise ValueError(f"{str(path)!r} has an unknown sktransfer format {meta.get('format')!r}.")
+    return meta, tensors
+
+
+def load_weights(est, path):
+    from ._base import resolve_device, seed_from_random_state
+
+    meta, tensors = _read(path)
+    if meta["estimator"] != type(est).__name__:
+        raise ValueError(
+            f"{str(path)!r} holds a {meta['estimator']}, not a {type(est).__name__}; load it "
+            f"with {meta['estimator']}(model=...).load_weights(path)."
+        )
+    est.set_params(head_hidden_sizes=tuple(meta["head_hidden_sizes"]),
+                   dropout=meta["dropout"], reuse_head=meta["reuse_head"],
+                   freeze_depth=meta["freeze_depth"])
+    device = resolve_device(est.device)
+    seed = seed_from_random_state(0)
+    resolved = est._resolve_pretrained(seed)
+    shape = tuple(meta["net_input_shape"])
+    kind = "tabular" if len(shape) == 1 else "array"
+    probe = InputData(np.zeros((2, *shape), dtype=np.float32), kind)
+    features = est._probe(resolved, probe, None, seed)
+    if "classes" in meta:
+        classes = np.asarray(meta["classes"], dtype=np.dtype(meta["classes_dtype"]))
+        n_out = len(classes)
+        est.classes_ = classes
+    else:
+        n_out = meta["n_outputs"]
+        est.n_outputs_, est._y_1d = n_out, meta["y_1d"]
+    module, depth, _ = est._build_module(resolved, features, n_out, seed)
+    own = module.state_dict()
+    missing = sorted(set(own) - set(tensors))
+    unexpected = sorted(set(tensors) - set(own))
+    mismatched = sorted(k for k in set(own) & set(tensors)
+                        if tuple(own[k].shape) != tuple(tensors[k].shape))
+    if missing or unexpected or mismatched:
+        raise ValueError(
+            f"The weights in {str(path)!r} do not fit model={resolved.description}: missing "
+            f"{missing[:5]}, unexpected {unexpected[:5]}, other shapes {mismatched[:5]}. Pass "
+            "the same pretrained model (architecture) that was fine-tuned."
+        )
+    module.load_state_dict(tensors, strict=True)
+    module.eval()
+    est.module_ = module.to(device)
+    est.device_ = device
+    est._preprocess = est._preprocess_fn(resolved)
+    est._source_input_shape = shape
+    est.blocks_ = list(module.block_names)
+    est.freeze_depth_ = depth
+    est.history_ = meta["history"]
+    est.n_iter_ = len(est.history_)
+    est.input_kind_ = meta["input_kind"]
+    for attr, key in (("input_shape_", "input_shape"), ("n_features_in_", "n_features_in")):
+        if meta[key] is not None:
+            setattr(est, attr, tuple(meta[key]) if attr == "input_shape_" else meta[key])
+    if meta["feature_names_in"] is not None:
+        est.feature_names_in_ = np.asarray(meta["feature_names_in"], dtype=object)
+    return est
