@@ -390,8 +390,8 @@ def list_blocks(model, weights=None, input_shape=None):
     ...                     nn.ReLU(), nn.Linear(8, 2))
     >>> list_blocks(net)[["index", "name", "n_params", "output_shape"]]
        index name  n_params output_shape
-    0      0  0-1        40       (8,)
-    1      1  2-3        72       (8,)
+    0      0  0-1        40         (8,)
+    1      1  2-3        72         (8,)
     """
     import pandas as pd
 
