@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import math
 import numbers
 import warnings
 from abc import abstractmethod
+from functools import partial
 
 import numpy as np
 import torch
@@ -38,6 +40,24 @@ _OPTIMIZERS = {
     "adam": torch.optim.Adam,
     "sgd": torch.optim.SGD,
 }
+
+
+def _warmup_cosine(epoch, warmup, total):
+    """Learning-rate factor: linear warm-up over ``warmup`` epochs, then cosine to 0."""
+    if epoch < warmup:
+        return (epoch + 1) / (warmup + 1)
+    progress = (epoch - warmup) / max(1, total - warmup)
+    return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+
+def _one_cycle(step, total, peak=0.3, start=1 / 25, end=1e-4):
+    """One-cycle factor per batch (Smith 2018, torch's OneCycleLR shape): cosine up
+    from ``start`` to 1 over the first ``peak`` of the steps, then down to ``end``."""
+    up = max(1, round(peak * total))
+    if step < up:
+        return start + (1 - start) * 0.5 * (1 - math.cos(math.pi * step / up))
+    progress = min(1.0, (step - up) / max(1, total - up))
+    return end + (1 - end) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
 class _GlobalPool(nn.Module):
@@ -74,6 +94,8 @@ class _BaseFineTuned(TransferEstimatorMixin, BaseEstimator):
         "alpha": [Interval(numbers.Real, 0, None, closed="left")],
         "lr": [Interval(numbers.Real, 0, None, closed="neither")],
         "backbone_lr_scale": [Interval(numbers.Real, 0, None, closed="left")],
+        "layer_decay": [Interval(numbers.Real, 0, 1, closed="right"), None],
+        "lr_schedule": [StrOptions({"cosine", "warmup_cosine", "onecycle"}), None],
         "max_epochs": [Interval(numbers.Integral, 1, None, closed="left")],
         "batch_size": [Interval(numbers.Integral, 1, None, closed="left")],
         "optimizer": [StrOptions(set(_OPTIMIZERS)), type],
@@ -95,7 +117,8 @@ class _BaseFineTuned(TransferEstimatorMixin, BaseEstimator):
     }
 
     def __init__(self, model=None, weights=None, *, freeze_depth=0, penalty="l2_sp",
-                 alpha=1e-3, lr=1e-3, backbone_lr_scale=0.1, max_epochs=50, batch_size=32,
+                 alpha=1e-3, lr=1e-3, backbone_lr_scale=0.1, layer_decay=None,
+                 lr_schedule=None, max_epochs=50, batch_size=32,
                  optimizer="adamw", weight_decay=0.0, momentum=0.9, head_hidden_sizes=(),
                  dropout=0.0, reuse_head=False, early_stopping=False,
                  validation_fraction=0.1, n_iter_no_change=10, tol=1e-4, cache_size=1024,
@@ -108,6 +131,8 @@ class _BaseFineTuned(TransferEstimatorMixin, BaseEstimator):
         self.alpha = alpha
         self.lr = lr
         self.backbone_lr_scale = backbone_lr_scale
+        self.layer_decay = layer_decay
+        self.lr_schedule = lr_schedule
         self.max_epochs = max_epochs
         self.batch_size = batch_size
         self.optimizer = optimizer
@@ -200,7 +225,7 @@ class _BaseFineTuned(TransferEstimatorMixin, BaseEstimator):
             return np.arange(n), None
         return holdout_split(n, self.validation_fraction, seed, stratify=stratify)
 
-    def _callbacks(self):
+    def _callbacks(self, steps_per_epoch):
         callbacks = [
             ("train_data_loss", PassthroughScoring(name="train_data_loss", on_train=True)),
             ("finite_loss", FiniteLossCheck()),
@@ -210,12 +235,28 @@ class _BaseFineTuned(TransferEstimatorMixin, BaseEstimator):
                 monitor="valid_loss", patience=self.n_iter_no_change, threshold=self.tol,
                 threshold_mode="rel", load_best=True, sink=print,
             )))
+        if self.lr_schedule is not None:
+            callbacks.append(("lr_scheduler", self._lr_scheduler(steps_per_epoch)))
         if self.verbose >= 2:
             callbacks.append(("progress_bar", ProgressBar()))
         return callbacks
 
+    def _lr_scheduler(self, steps_per_epoch):
+        """A skorch ``LRScheduler`` scaling every parameter group's rate by a factor."""
+        from skorch.callbacks import LRScheduler
+
+        epochs = self.max_epochs
+        if self.lr_schedule == "onecycle":
+            factor = partial(_one_cycle, total=max(1, epochs * steps_per_epoch))
+            return LRScheduler(policy=torch.optim.lr_scheduler.LambdaLR, lr_lambda=factor,
+                               step_every="batch")
+        warmup = max(1, round(0.1 * epochs)) if self.lr_schedule == "warmup_cosine" else 0
+        factor = partial(_warmup_cosine, warmup=warmup, total=epochs)
+        return LRScheduler(policy=torch.optim.lr_scheduler.LambdaLR, lr_lambda=factor,
+                           step_every="epoch")
+
     @_fit_context(prefer_skip_nested_validation=True)
-    def fit(self, X, y):
+    def fit(self, X, y, sample_weight=None):
         """Fine-tune the pretrained network on ``(X, y)``, starting from its weights.
 
         Every call starts again from the pretrained weights (never from a
@@ -228,6 +269,10 @@ class _BaseFineTuned(TransferEstimatorMixin, BaseEstimator):
             Training input, in the layout the pretrained network expects.
         y : array-like of shape (n_samples,) or (n_samples, n_outputs)
             Target labels (classifier) or values (regressor).
+        sample_weight : array-like of shape (n_samples,), default=None
+            Non-negative weights: each mini-batch's loss is the weighted mean
+            ``sum(w_i * loss_i) / sum(w_i)`` (the validation loss too). For the
+            classifier they multiply the weights from ``class_weight``.
 
         Returns
         -------
@@ -242,6 +287,7 @@ class _BaseFineTuned(TransferEstimatorMixin, BaseEstimator):
                 f"n_samples = {len(data)} (1 sample)."
             )
         y_tensor, n_out, stratify = self._encode_y(y)
+        weights = self._sample_weights(data, y, sample_weight)
         seed = seed_from_random_state(self.random_state)
         resolved = self._resolve_pretrained(seed)
         preprocess = self._preprocess_fn(resolved)
@@ -249,7 +295,7 @@ class _BaseFineTuned(TransferEstimatorMixin, BaseEstimator):
         module, depth, new_prefixes = self._build_module(resolved, features, n_out, seed)
         train_idx, valid_idx = self._validation_split(len(data), stratify, seed)
         X_train, start = self._training_inputs(module, data, depth, preprocess, device)
-        dataset = BatchDataset(X_train, y_tensor, preprocess)
+        dataset = BatchDataset(X_train, y_tensor, preprocess, sample_weight=weights)
         net = self._make_net(module, depth, new_prefixes, dataset, train_idx, valid_idx, device)
         module.start_block = start
         try:
@@ -267,6 +313,22 @@ class _BaseFineTuned(TransferEstimatorMixin, BaseEstimator):
         self.history_ = history
         self.n_iter_ = len(history)
         return self
+
+    def _sample_weights(self, data, y, sample_weight):
+        """Per-sample weights as a float32 tensor, or ``None`` when all are equal."""
+        from sklearn.utils.validation import _check_sample_weight
+
+        w = np.ones(len(data))
+        if sample_weight is not None:
+            w = _check_sample_weight(sample_weight, data.data, dtype=np.float64,
+                                     ensure_non_negative=True)
+        w = w * self._class_weights(y)
+        if np.all(w == w[0]) and w[0] > 0:
+            return None  # equal weights: the plain mean, bit for bit
+        return torch.as_tensor(w, dtype=torch.float32)
+
+    def _class_weights(self, y):
+        return 1.0
 
     def _training_inputs(self, module, data, depth, preprocess, device):
         """What the trained part of the network sees: ``(X, first trained block)``.
@@ -309,6 +371,10 @@ class _BaseFineTuned(TransferEstimatorMixin, BaseEstimator):
 
     def _make_net(self, module, depth, new_prefixes, dataset, train_idx, valid_idx, device):
         """The private skorch net for this fit; ``dataset`` holds all samples."""
+        drop_last = len(train_idx) % self.batch_size == 1 and len(train_idx) > 1
+        steps_per_epoch = (len(train_idx) // self.batch_size if drop_last
+                           else -(-len(train_idx) // self.batch_size))
+        weighted = dataset.sample_weight is not None
         train_split = None
         if valid_idx is not None:
             from skorch.helper import predefined_split
@@ -322,16 +388,17 @@ class _BaseFineTuned(TransferEstimatorMixin, BaseEstimator):
             "max_epochs": self.max_epochs,
             "batch_size": self.batch_size,
             "train_split": train_split,
-            "callbacks": self._callbacks(),
+            "callbacks": self._callbacks(steps_per_epoch),
             "iterator_train__shuffle": True,
             # a last batch of one sample breaks BatchNorm in training mode
-            "iterator_train__drop_last": len(train_idx) % self.batch_size == 1
-            and len(train_idx) > 1,
+            "iterator_train__drop_last": drop_last,
             "iterator_train__collate_fn": identity_collate,
             "iterator_valid__collate_fn": identity_collate,
             "device": device,
             "verbose": int(self.verbose),
         }
+        if weighted:
+            kwargs["criterion__reduction"] = "none"
         kwargs.update({f"optimizer__{k}": v for k, v in opt_kwargs.items()})
         extra = dict(self.net_kwargs or {})
         # the user's callbacks come on top of ours (loss check, early stopping, ...)
@@ -339,8 +406,8 @@ class _BaseFineTuned(TransferEstimatorMixin, BaseEstimator):
         kwargs.update(extra)
         return TransferNet(
             module, freeze_depth=depth, penalty=self.penalty, alpha=float(self.alpha),
-            backbone_lr_scale=float(self.backbone_lr_scale), new_prefixes=new_prefixes,
-            **kwargs,
+            backbone_lr_scale=float(self.backbone_lr_scale), layer_decay=self.layer_decay,
+            new_prefixes=new_prefixes, weighted=weighted, **kwargs,
         )
 
     def _y_kwargs(self):
@@ -473,6 +540,18 @@ class FineTunedClassifier(ClassifierMixin, _BaseFineTuned):
         Learning rate of the head (and any new parameters).
     backbone_lr_scale : float, default=0.1
         The unfrozen pretrained blocks train at ``lr * backbone_lr_scale``.
+    layer_decay : float in (0, 1] or None, default=None
+        Layer-wise learning-rate decay: the top pretrained block trains at
+        ``lr * backbone_lr_scale``, the block ``i`` places below it at
+        ``lr * backbone_lr_scale * layer_decay ** i`` (typical values 0.65-0.9),
+        so the input-side blocks, the most general, move least.
+    lr_schedule : {"cosine", "warmup_cosine", "onecycle"} or None, default=None
+        Learning-rate schedule over ``max_epochs`` (skorch ``LRScheduler``),
+        scaling every group's rate: ``"cosine"`` anneals to 0 per epoch;
+        ``"warmup_cosine"`` warms up linearly over the first 10% of the epochs
+        (at least one), then anneals; ``"onecycle"`` (per batch) rises from 1/25
+        of the rate to the full rate over the first 30% of the steps, then anneals
+        to 1e-4 of it. The rates are recorded in ``history_`` (``event_lr``).
     max_epochs : int, default=50
         Maximum number of passes over the training data.
     batch_size : int, default=32
@@ -490,6 +569,10 @@ class FineTunedClassifier(ClassifierMixin, _BaseFineTuned):
     reuse_head : bool, default=False
         Keep the pretrained head instead of a new one (same output space on
         source and target); the head is then penalised like a pretrained block.
+    class_weight : "balanced", dict or None, default=None
+        Weights of the classes in the loss, as in scikit-learn: ``"balanced"``
+        uses ``n_samples / (n_classes * count(class))``, a dict maps labels to
+        weights. They multiply ``sample_weight`` in ``fit``.
     early_stopping : bool, default=False
         Hold out ``validation_fraction`` of the training data (stratified) and stop
         when the validation loss has not improved by ``tol`` for
@@ -566,6 +649,46 @@ class FineTunedClassifier(ClassifierMixin, _BaseFineTuned):
     (3,)
     """
 
+    _parameter_constraints = {
+        **_BaseFineTuned._parameter_constraints,
+        "class_weight": [StrOptions({"balanced"}), dict, None],
+    }
+
+    def __init__(self, model=None, weights=None, *, freeze_depth=0, penalty="l2_sp",
+                 alpha=1e-3, lr=1e-3, backbone_lr_scale=0.1, layer_decay=None,
+                 lr_schedule=None, max_epochs=50, batch_size=32,
+                 optimizer="adamw", weight_decay=0.0, momentum=0.9, head_hidden_sizes=(),
+                 dropout=0.0, reuse_head=False, class_weight=None, early_stopping=False,
+                 validation_fraction=0.1, n_iter_no_change=10, tol=1e-4, cache_size=1024,
+                 random_state=None,
+                 device="auto", preprocess="auto", verbose=0, net_kwargs=None):
+        super().__init__(
+            model=model, weights=weights, freeze_depth=freeze_depth, penalty=penalty,
+            alpha=alpha, lr=lr, backbone_lr_scale=backbone_lr_scale, layer_decay=layer_decay,
+            lr_schedule=lr_schedule, max_epochs=max_epochs, batch_size=batch_size,
+            optimizer=optimizer, weight_decay=weight_decay, momentum=momentum,
+            head_hidden_sizes=head_hidden_sizes, dropout=dropout, reuse_head=reuse_head,
+            early_stopping=early_stopping, validation_fraction=validation_fraction,
+            n_iter_no_change=n_iter_no_change, tol=tol, cache_size=cache_size,
+            random_state=random_state, device=device, preprocess=preprocess,
+            verbose=verbose, net_kwargs=net_kwargs,
+        )
+        self.class_weight = class_weight
+
+    def _class_weights(self, y):
+        if self.class_weight is None:
+            return 1.0
+        from sklearn.utils.class_weight import compute_sample_weight
+
+        if isinstance(self.class_weight, dict):
+            unknown = set(self.class_weight) - set(self.classes_)
+            if unknown:
+                raise ValueError(
+                    f"class_weight names labels that are not in y: {sorted(unknown, key=str)}; "
+                    f"the classes are {list(self.classes_)}."
+                )
+        return compute_sample_weight(self.class_weight, y)
+
     def _encode_y(self, y):
         check_classification_targets(y)
         if y.ndim != 1:
@@ -632,7 +755,7 @@ class FineTunedRegressor(RegressorMixin, _BaseFineTuned):
     Parameters
     ----------
     model, weights, freeze_depth, penalty, alpha, lr, backbone_lr_scale, \
-max_epochs, batch_size, optimizer, weight_decay, momentum, head_hidden_sizes, \
+layer_decay, lr_schedule, max_epochs, batch_size, optimizer, weight_decay, momentum, head_hidden_sizes, \
 dropout, reuse_head, early_stopping, validation_fraction, n_iter_no_change, tol, \
 cache_size, random_state, device, preprocess, verbose, net_kwargs
         As in :class:`FineTunedClassifier` (the validation split is not stratified).

@@ -91,10 +91,12 @@ class BatchDataset(torch.utils.data.Dataset):
     batch by batch.
     """
 
-    def __init__(self, X, y=None, preprocess=None):
+    def __init__(self, X, y=None, preprocess=None, sample_weight=None):
+        # sample_weight: float32 tensor or None; with it, batches are (X, (y, w))
         self.X = X
         self.y = y
         self.preprocess = preprocess
+        self.sample_weight = sample_weight
 
     def __len__(self):
         return len(self.X)
@@ -113,6 +115,8 @@ class BatchDataset(torch.utils.data.Dataset):
         indices = list(indices)
         Xb = self._x(indices)
         yb = self.y[indices] if self.y is not None else torch.zeros(len(indices))
+        if self.sample_weight is not None:
+            return Xb, (yb, self.sample_weight[indices])
         return Xb, yb
 
     def __getitem__(self, index):  # pragma: no cover - DataLoader uses __getitems__
@@ -194,8 +198,11 @@ class TransferNet(RollbackOnInterrupt, NeuralNet):
     """
 
     def __init__(self, module, *args, freeze_depth=0, penalty=None, alpha=0.0,
-                 backbone_lr_scale=1.0, new_prefixes=("head.",), **kwargs):
+                 backbone_lr_scale=1.0, layer_decay=None, new_prefixes=("head.",),
+                 weighted=False, **kwargs):
         super().__init__(module, *args, **kwargs)
+        self.layer_decay = layer_decay
+        self.weighted = weighted
         self.freeze_depth = freeze_depth
         self.penalty = penalty
         self.alpha = alpha
@@ -227,19 +234,27 @@ class TransferNet(RollbackOnInterrupt, NeuralNet):
         return self._anchor_state
 
     def initialize_optimizer(self, triggered_directly=None):
-        new, backbone = [], []
+        """Parameter groups: new parameters at ``lr``; pretrained ones at
+        ``lr * backbone_lr_scale``, times ``layer_decay ** i`` for the block ``i``
+        places below the top block when ``layer_decay`` is set. Frozen
+        parameters are left out."""
+        n_blocks = len(self.module_.blocks)
+        base = self.lr * self.backbone_lr_scale
+        groups = {}
         for name, p in self.module_.named_parameters():
             if not p.requires_grad:
                 continue
-            (new if self._is_new(name) else backbone).append(p)
-        groups = []
-        if new:
-            groups.append({"params": new})
-        if backbone:
-            groups.append({"params": backbone, "lr": self.lr * self.backbone_lr_scale})
+            if self._is_new(name):
+                key, lr = "new", self.lr
+            elif self.layer_decay is not None and name.startswith("blocks."):
+                block = int(name.split(".")[1])
+                key, lr = block, base * self.layer_decay ** (n_blocks - 1 - block)
+            else:
+                key, lr = "pretrained", base
+            groups.setdefault(key, {"params": [], "lr": lr})["params"].append(p)
         kwargs = self.get_params_for("optimizer")
         kwargs.setdefault("lr", self.lr)
-        self.optimizer_ = self.optimizer(groups, **kwargs)
+        self.optimizer_ = self.optimizer(list(groups.values()), **kwargs)
         # anchors must be the pretrained values *before* any step
         self._anchor_state = None
         if self.penalty == "l2_sp":
@@ -262,7 +277,14 @@ class TransferNet(RollbackOnInterrupt, NeuralNet):
         super().on_train_begin(net, X=X, y=y, **kwargs)
 
     def get_loss(self, y_pred, y_true, X=None, training=False):
-        loss = super().get_loss(y_pred, y_true, X=X, training=training)
+        if self.weighted:  # y_true = (y, sample weights); the criterion has reduction="none"
+            y, w = y_true
+            per_sample = super().get_loss(y_pred, y, X=X, training=training)
+            per_sample = per_sample.reshape(len(per_sample), -1).mean(dim=1)
+            w = w.to(per_sample.device)
+            loss = (per_sample * w).sum() / w.sum().clamp_min(1e-12)
+        else:
+            loss = super().get_loss(y_pred, y_true, X=X, training=training)
         if training:
             self.history.record_batch("train_data_loss", loss.item())
         if training and self.penalty is not None and self.alpha > 0:

@@ -27,8 +27,16 @@ ESTIMATORS = [
     TabularPretrainer(hidden_layer_sizes=(8,), max_epochs=3, random_state=0, device="cpu"),
 ]
 
-# Expected failures, each with the reason a reviewer needs (none at present).
-EXPECTED_FAILED_CHECKS = {}
+# Expected failures, each with the reason a reviewer needs.
+_SGD_WEIGHTS = (
+    "mini-batch SGD: a weight scales a sample's loss inside its batch, while a "
+    "repeated sample changes the batches and the number of steps (sklearn marks "
+    "this check as failing for SGDClassifier and MLPClassifier too)"
+)
+EXPECTED_FAILED_CHECKS = {
+    "FineTunedClassifier": {"check_sample_weight_equivalence_on_dense_data": _SGD_WEIGHTS},
+    "FineTunedRegressor": {"check_sample_weight_equivalence_on_dense_data": _SGD_WEIGHTS},
+}
 
 
 @parametrize_with_checks(

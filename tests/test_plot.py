@@ -121,7 +121,7 @@ def test_learning_curves_errors(fitted):
         plot_learning_curves(FineTunedClassifier(model=tiny_net()))
     with pytest.raises(ValueError, match=r"labels must be a list with one label per estimator"):
         plot_learning_curves([es, es], labels=["only one"])
-    with pytest.raises(ValueError, match=r"metric='acc'.*available: \['loss'\]"):
+    with pytest.raises(ValueError, match=r"metric='acc'.*available: \['data_loss', 'loss'\]"):
         plot_learning_curves(es, metric="acc")
     with pytest.raises(TypeError, match="history_ lists"):
         plot_learning_curves(3)
