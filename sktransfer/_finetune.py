@@ -18,7 +18,12 @@ from sklearn.utils.validation import check_is_fitted
 from skorch.callbacks import EarlyStopping, PassthroughScoring, ProgressBar
 from torch import nn
 
-from ._base import TransferEstimatorMixin, resolve_device, seed_from_random_state
+from ._base import (
+    TransferEstimatorMixin,
+    resolve_device,
+    seed_from_random_state,
+    unchanged_on_error,
+)
 from ._blocks import check_freeze_depth, freeze_blocks
 from ._extract import pool_features
 from ._inputs import iter_batches, make_batch, validate_input
@@ -96,6 +101,8 @@ class _BaseFineTuned(TransferEstimatorMixin, BaseEstimator):
         "backbone_lr_scale": [Interval(numbers.Real, 0, None, closed="left")],
         "layer_decay": [Interval(numbers.Real, 0, 1, closed="right"), None],
         "lr_schedule": [StrOptions({"cosine", "warmup_cosine", "onecycle"}), None],
+        "unfreeze_every": [Interval(numbers.Integral, 1, None, closed="left"), None],
+        "augment": [callable, None],
         "max_epochs": [Interval(numbers.Integral, 1, None, closed="left")],
         "batch_size": [Interval(numbers.Integral, 1, None, closed="left")],
         "optimizer": [StrOptions(set(_OPTIMIZERS)), type],
@@ -118,7 +125,8 @@ class _BaseFineTuned(TransferEstimatorMixin, BaseEstimator):
 
     def __init__(self, model=None, weights=None, *, freeze_depth=0, penalty="l2_sp",
                  alpha=1e-3, lr=1e-3, backbone_lr_scale=0.1, layer_decay=None,
-                 lr_schedule=None, max_epochs=50, batch_size=32,
+                 lr_schedule=None, unfreeze_every=None, augment=None, max_epochs=50,
+                 batch_size=32,
                  optimizer="adamw", weight_decay=0.0, momentum=0.9, head_hidden_sizes=(),
                  dropout=0.0, reuse_head=False, early_stopping=False,
                  validation_fraction=0.1, n_iter_no_change=10, tol=1e-4, cache_size=1024,
@@ -133,6 +141,8 @@ class _BaseFineTuned(TransferEstimatorMixin, BaseEstimator):
         self.backbone_lr_scale = backbone_lr_scale
         self.layer_decay = layer_decay
         self.lr_schedule = lr_schedule
+        self.unfreeze_every = unfreeze_every
+        self.augment = augment
         self.max_epochs = max_epochs
         self.batch_size = batch_size
         self.optimizer = optimizer
@@ -174,6 +184,11 @@ class _BaseFineTuned(TransferEstimatorMixin, BaseEstimator):
     def _optimizer_cls_kwargs(self):
         opt = self.optimizer
         cls = _OPTIMIZERS[opt] if isinstance(opt, str) else opt
+        if not (isinstance(cls, type) and issubclass(cls, torch.optim.Optimizer)):
+            raise TypeError(
+                f"optimizer must be one of {sorted(_OPTIMIZERS)} or a torch.optim.Optimizer "
+                f"subclass (e.g. torch.optim.RMSprop), got {opt!r}."
+            )
         kwargs = {"weight_decay": self.weight_decay}
         if cls is torch.optim.SGD:
             kwargs["momentum"] = self.momentum
@@ -256,6 +271,7 @@ class _BaseFineTuned(TransferEstimatorMixin, BaseEstimator):
                            step_every="epoch")
 
     @_fit_context(prefer_skip_nested_validation=True)
+    @unchanged_on_error
     def fit(self, X, y, sample_weight=None):
         """Fine-tune the pretrained network on ``(X, y)``, starting from its weights.
 
@@ -299,7 +315,7 @@ class _BaseFineTuned(TransferEstimatorMixin, BaseEstimator):
         net = self._make_net(module, depth, new_prefixes, dataset, train_idx, valid_idx, device)
         module.start_block = start
         try:
-            fit_seeded(net, dataset, train_idx, seed, device)
+            fit_seeded(net, dataset, train_idx, seed, device, augment=self.augment)
         finally:
             module.start_block = 0
         history = finish_fit(net, net.module_, "pretrained blocks, new head")
@@ -342,6 +358,13 @@ class _BaseFineTuned(TransferEstimatorMixin, BaseEstimator):
         else:
             raw = data
         if depth == 0 or self.cache_size == 0:
+            return raw, 0
+        if self.augment is not None:
+            if self.verbose:
+                print(
+                    "Frozen-prefix cache off: augment changes the inputs of every batch, "
+                    "so the frozen blocks run on every batch."
+                )
             return raw, 0
         module.eval()
         with torch.no_grad():
@@ -407,7 +430,8 @@ class _BaseFineTuned(TransferEstimatorMixin, BaseEstimator):
         return TransferNet(
             module, freeze_depth=depth, penalty=self.penalty, alpha=float(self.alpha),
             backbone_lr_scale=float(self.backbone_lr_scale), layer_decay=self.layer_decay,
-            new_prefixes=new_prefixes, weighted=weighted, **kwargs,
+            new_prefixes=new_prefixes, weighted=weighted, unfreeze_every=self.unfreeze_every,
+            **kwargs,
         )
 
     def _y_kwargs(self):
@@ -573,6 +597,17 @@ class FineTunedClassifier(ClassifierMixin, _BaseFineTuned):
         Weights of the classes in the loss, as in scikit-learn: ``"balanced"``
         uses ``n_samples / (n_classes * count(class))``, a dict maps labels to
         weights. They multiply ``sample_weight`` in ``fit``.
+    unfreeze_every : int or None, default=None
+        Gradual unfreezing (ULMFiT, fastai's ``fine_tune``): train the head alone
+        for ``unfreeze_every`` epochs, then unfreeze one more block from the top
+        every ``unfreeze_every`` epochs, down to ``freeze_depth``. ``history_``
+        records ``trainable_from``, the first trainable block, at each epoch.
+    augment : callable or None, default=None
+        Train-time augmentation: called on every training batch (a float32
+        tensor ``(n, ...)`` on the CPU, after preprocessing) and returns the
+        augmented batch, e.g. a ``torchvision.transforms.v2`` transform. Never
+        applied to validation data or at predict time. It turns the frozen-prefix
+        cache off (the frozen blocks must see the augmented inputs).
     early_stopping : bool, default=False
         Hold out ``validation_fraction`` of the training data (stratified) and stop
         when the validation loss has not improved by ``tol`` for
@@ -656,7 +691,8 @@ class FineTunedClassifier(ClassifierMixin, _BaseFineTuned):
 
     def __init__(self, model=None, weights=None, *, freeze_depth=0, penalty="l2_sp",
                  alpha=1e-3, lr=1e-3, backbone_lr_scale=0.1, layer_decay=None,
-                 lr_schedule=None, max_epochs=50, batch_size=32,
+                 lr_schedule=None, unfreeze_every=None, augment=None, max_epochs=50,
+                 batch_size=32,
                  optimizer="adamw", weight_decay=0.0, momentum=0.9, head_hidden_sizes=(),
                  dropout=0.0, reuse_head=False, class_weight=None, early_stopping=False,
                  validation_fraction=0.1, n_iter_no_change=10, tol=1e-4, cache_size=1024,
@@ -665,7 +701,8 @@ class FineTunedClassifier(ClassifierMixin, _BaseFineTuned):
         super().__init__(
             model=model, weights=weights, freeze_depth=freeze_depth, penalty=penalty,
             alpha=alpha, lr=lr, backbone_lr_scale=backbone_lr_scale, layer_decay=layer_decay,
-            lr_schedule=lr_schedule, max_epochs=max_epochs, batch_size=batch_size,
+            lr_schedule=lr_schedule, unfreeze_every=unfreeze_every, augment=augment,
+            max_epochs=max_epochs, batch_size=batch_size,
             optimizer=optimizer, weight_decay=weight_decay, momentum=momentum,
             head_hidden_sizes=head_hidden_sizes, dropout=dropout, reuse_head=reuse_head,
             early_stopping=early_stopping, validation_fraction=validation_fraction,
@@ -698,9 +735,11 @@ class FineTunedClassifier(ClassifierMixin, _BaseFineTuned):
         self._label_encoder = LabelEncoder().fit(y)
         self.classes_ = self._label_encoder.classes_
         if len(self.classes_) < 2:
+            only = self.classes_[0]
+            only = only.item() if hasattr(only, "item") else only
             raise ValueError(
-                f"y has a single class ({self.classes_[0]!r}); a classifier needs at least "
-                "two classes."
+                f"y has a single class ({only!r}); a classifier needs at least two classes. "
+                "Pass samples of at least two classes (check that y is the target of X)."
             )
         codes = self._label_encoder.transform(y)
         return torch.as_tensor(codes, dtype=torch.long), len(self.classes_), codes
@@ -755,7 +794,7 @@ class FineTunedRegressor(RegressorMixin, _BaseFineTuned):
     Parameters
     ----------
     model, weights, freeze_depth, penalty, alpha, lr, backbone_lr_scale, \
-layer_decay, lr_schedule, max_epochs, batch_size, optimizer, weight_decay, momentum, head_hidden_sizes, \
+layer_decay, lr_schedule, unfreeze_every, augment, max_epochs, batch_size, optimizer, weight_decay, momentum, head_hidden_sizes, \
 dropout, reuse_head, early_stopping, validation_fraction, n_iter_no_change, tol, \
 cache_size, random_state, device, preprocess, verbose, net_kwargs
         As in :class:`FineTunedClassifier` (the validation split is not stratified).
@@ -806,6 +845,12 @@ cache_size, random_state, device, preprocess, verbose, net_kwargs
 
     def _encode_y(self, y):
         y = np.asarray(y)
+        if y.dtype.kind not in "biuf":
+            raise ValueError(
+                f"y must hold numbers for FineTunedRegressor (regression targets), got dtype "
+                f"{y.dtype} (e.g. {y.ravel()[:3].tolist()}). Convert y to floats, or use "
+                "FineTunedClassifier for class labels."
+            )
         if y.ndim not in (1, 2):
             raise ValueError(f"y must be 1-D or 2-D, got shape {y.shape}.")
         self._y_1d = y.ndim == 1

@@ -50,12 +50,30 @@ def holdout_split(n, validation_fraction, seed, stratify=None, unit="samples"):
     return np.sort(train_idx), np.sort(valid_idx)
 
 
-def fit_seeded(net, dataset, train_idx, seed, device):
-    """``net.fit`` on ``dataset[train_idx]`` with torch's RNG seeded, then restored."""
+class _Augmented(torch.utils.data.Subset):
+    """Training samples whose input batches go through ``augment``."""
+
+    def __init__(self, dataset, indices, augment):
+        super().__init__(dataset, indices)
+        self.augment = augment
+
+    def __getitems__(self, indices):
+        Xb, yb = super().__getitems__(indices)
+        return self.augment(Xb), yb
+
+
+def fit_seeded(net, dataset, train_idx, seed, device, augment=None):
+    """``net.fit`` on ``dataset[train_idx]`` with torch's RNG seeded, then restored.
+
+    ``augment`` (a callable on input batches) applies to these training samples
+    only; the validation split is a separate subset.
+    """
     devices = [torch.device(device).index or 0] if str(device).startswith("cuda") else []
+    train = (torch.utils.data.Subset(dataset, train_idx) if augment is None
+             else _Augmented(dataset, train_idx, augment))
     with torch.random.fork_rng(devices=devices):
         torch.manual_seed(seed)
-        net.fit(torch.utils.data.Subset(dataset, train_idx), None)
+        net.fit(train, None)
 
 
 def finish_fit(net, module, start_state):
@@ -148,9 +166,11 @@ class RollbackOnInterrupt:
     """
 
     def _snapshot(self):
-        """Copies of what an epoch can change: trainable parameters and all buffers."""
+        """Copies of what an epoch can change: the optimizer's parameters, all buffers."""
         module = self.module_
-        state = {n: p.detach().clone() for n, p in module.named_parameters() if p.requires_grad}
+        optimized = {id(p) for g in self.optimizer_.param_groups for p in g["params"]}
+        state = {n: p.detach().clone() for n, p in module.named_parameters()
+                 if id(p) in optimized}
         state.update({n: b.detach().clone() for n, b in module.named_buffers()})
         return state
 
@@ -199,8 +219,10 @@ class TransferNet(RollbackOnInterrupt, NeuralNet):
 
     def __init__(self, module, *args, freeze_depth=0, penalty=None, alpha=0.0,
                  backbone_lr_scale=1.0, layer_decay=None, new_prefixes=("head.",),
-                 weighted=False, **kwargs):
+                 weighted=False, unfreeze_every=None, **kwargs):
         super().__init__(module, *args, **kwargs)
+        self.unfreeze_every = unfreeze_every
+        self._depth = freeze_depth
         self.layer_decay = layer_decay
         self.weighted = weighted
         self.freeze_depth = freeze_depth
@@ -256,10 +278,33 @@ class TransferNet(RollbackOnInterrupt, NeuralNet):
         kwargs.setdefault("lr", self.lr)
         self.optimizer_ = self.optimizer(list(groups.values()), **kwargs)
         # anchors must be the pretrained values *before* any step
+        # (with gradual unfreezing, every block that will train is still trainable here)
         self._anchor_state = None
-        if self.penalty == "l2_sp":
+        if self.penalty is not None:
             self._penalty_params()
         return self
+
+    # -- gradual unfreezing -------------------------------------------------------
+    def on_train_begin(self, net, X=None, y=None, **kwargs):
+        self._training_mode = None  # the module's mode is unknown until set
+        self._depth = self.freeze_depth
+        super().on_train_begin(net, X=X, y=y, **kwargs)
+
+    def on_epoch_begin(self, net, dataset_train=None, dataset_valid=None, **kwargs):
+        super().on_epoch_begin(net, dataset_train, dataset_valid, **kwargs)
+        if self.unfreeze_every:
+            # head alone for unfreeze_every epochs, then one more block from the top
+            # every unfreeze_every epochs, down to freeze_depth
+            epoch = len(self.history)
+            n_blocks = len(self.module_.blocks)
+            depth = max(self.freeze_depth, n_blocks - (epoch - 1) // self.unfreeze_every)
+            if depth != self._depth:
+                for i, block in enumerate(self.module_.blocks):
+                    if i >= self.freeze_depth:
+                        block.requires_grad_(i >= depth)
+                self._depth = depth
+                self._training_mode = None  # newly (un)frozen blocks change mode
+        self.history.record("trainable_from", self._depth)
 
     def _set_training(self, training=True):
         # skorch calls this on every step; walking a large module's tree each time
@@ -268,13 +313,9 @@ class TransferNet(RollbackOnInterrupt, NeuralNet):
             return
         super()._set_training(training)
         if training:
-            for block in self.module_.blocks[: self.freeze_depth]:
+            for block in self.module_.blocks[: self._depth]:
                 block.eval()
         self._training_mode = training
-
-    def on_train_begin(self, net, X=None, y=None, **kwargs):
-        self._training_mode = None  # the module's mode is unknown until set
-        super().on_train_begin(net, X=X, y=y, **kwargs)
 
     def get_loss(self, y_pred, y_true, X=None, training=False):
         if self.weighted:  # y_true = (y, sample weights); the criterion has reduction="none"

@@ -131,3 +131,63 @@ def test_bad_policies(tabular_source):
         with pytest.raises(ValueError, match=match):
             FineTunedClassifier(model=tabular_source["net"], max_epochs=1, **params,
                                 **CPU).fit(X, y)
+
+
+def _block_states(module):
+    return [{k: v.clone() for k, v in b.state_dict().items()} for b in module.blocks]
+
+
+def test_gradual_unfreezing_schedule_and_frozen_blocks_unchanged(source_cnn, digits):
+    import copy
+
+    from sktransfer import split_model
+
+    X, y = digits["X_target"][:96], digits["y_target"][:96]
+    est = FineTunedClassifier(model=source_cnn, unfreeze_every=2, max_epochs=8,
+                              backbone_lr_scale=1.0, random_state=0, **CPU).fit(X, y)
+    assert [r["trainable_from"] for r in est.history_] == [3, 3, 2, 2, 1, 1, 0, 0]
+    # with 2 epochs only the head trains: every block stays as pretrained
+    before = _block_states(split_model(copy.deepcopy(source_cnn)))
+    short = FineTunedClassifier(model=source_cnn, unfreeze_every=2, max_epochs=2,
+                                backbone_lr_scale=1.0, random_state=0, **CPU).fit(X, y)
+    after = _block_states(short.module_)
+    assert all(torch.equal(b[k], a[k]) for b, a in zip(before, after) for k in b)
+    # with 4 epochs the top block has moved, the others have not
+    mid = FineTunedClassifier(model=source_cnn, unfreeze_every=2, max_epochs=4,
+                              backbone_lr_scale=1.0, random_state=0, **CPU).fit(X, y)
+    after = _block_states(mid.module_)
+    assert not all(torch.equal(before[2][k], after[2][k]) for k in before[2])
+    assert all(torch.equal(before[i][k], after[i][k]) for i in (0, 1) for k in before[i])
+
+
+def test_gradual_unfreezing_stops_at_freeze_depth(source_cnn, digits):
+    est = FineTunedClassifier(model=source_cnn, freeze_depth=2, unfreeze_every=1, max_epochs=4,
+                              random_state=0, **CPU).fit(digits["X_target"][:64],
+                                                         digits["y_target"][:64])
+    assert [r["trainable_from"] for r in est.history_] == [3, 2, 2, 2]
+
+
+def test_augment_applies_to_training_batches_only(source_cnn, digits, capsys):
+    seen = []
+
+    def flip(batch):
+        seen.append(len(batch))
+        return torch.flip(batch, dims=[-1])
+
+    X, y = digits["X_target"][:100], digits["y_target"][:100]
+    est = FineTunedClassifier(model=source_cnn, freeze_depth=1, augment=flip, max_epochs=2,
+                              early_stopping=True, validation_fraction=0.2, batch_size=40,
+                              verbose=1, random_state=0, **CPU).fit(X, y)
+    assert "augment changes the inputs" in capsys.readouterr().out
+    assert sum(seen) == 2 * 80  # the 80 training samples, each epoch; no validation
+    n = len(seen)
+    est.predict(X)
+    assert len(seen) == n  # never at predict time
+    same = FineTunedClassifier(model=source_cnn, freeze_depth=1, augment=flip, max_epochs=2,
+                               early_stopping=True, validation_fraction=0.2, batch_size=40,
+                               random_state=0, **CPU).fit(X, y)
+    np.testing.assert_array_equal(same.predict_proba(X), est.predict_proba(X))
+    plain = FineTunedClassifier(model=source_cnn, freeze_depth=1, max_epochs=2,
+                                early_stopping=True, validation_fraction=0.2, batch_size=40,
+                                random_state=0, **CPU).fit(X, y)
+    assert not np.allclose(plain.predict_proba(X), est.predict_proba(X))
