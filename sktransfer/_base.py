@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import functools
 import numbers
 
 import numpy as np
@@ -14,7 +15,30 @@ from ._blocks import check_split_matches
 from ._inputs import make_batch
 from ._weights import resolve_model
 
-__all__ = ["TransferEstimatorMixin", "resolve_device", "seed_from_random_state"]
+__all__ = ["TransferEstimatorMixin", "resolve_device", "seed_from_random_state",
+           "unchanged_on_error"]
+
+
+def unchanged_on_error(fit):
+    """Decorate ``fit`` so that a call that raises leaves the estimator as it was.
+
+    Validation sets some attributes (``n_features_in_``, ``classes_``, ...) before
+    a later step can fail (one class in ``y``, a bad ``freeze_depth``, a model
+    that cannot process ``X``); without this, a fitted estimator would be left
+    half-updated and predict wrongly. Attributes are replaced, never mutated in
+    place, during ``fit``, so restoring the attribute dict is enough.
+    """
+    @functools.wraps(fit)
+    def wrapper(self, *args, **kwargs):
+        saved = dict(self.__dict__)
+        try:
+            return fit(self, *args, **kwargs)
+        except Exception:
+            self.__dict__.clear()
+            self.__dict__.update(saved)
+            raise
+
+    return wrapper
 
 
 def resolve_device(device):
@@ -104,7 +128,8 @@ class TransferEstimatorMixin:
 
     def __getstate__(self):
         # pickles hold the network on the CPU, so they load on machines without CUDA
-        state = super().__getstate__()
+        # a copy: on Python >= 3.11 the base returns the live __dict__ itself
+        state = dict(super().__getstate__())
         module = state.get("module_")
         if module is not None and getattr(self, "device_", "cpu") != "cpu":
             state["module_"] = copy.deepcopy(module).to("cpu")
@@ -153,15 +178,34 @@ class TransferEstimatorMixin:
                 # the children in order fail, the model itself runs: the split is wrong
                 if net.split_kind == "default" and _runs(resolved.original, sample):
                     check_split_matches(net, resolved.original, sample)
+                got = tuple(int(d) for d in sample.shape[1:])
+                expected = resolved.input_shape
+                hint = (f" The model takes samples of shape {tuple(expected)}; X gives {got}."
+                        if expected is not None and tuple(expected) != got else "")
                 raise ValueError(
                     f"The pretrained model ({resolved.description}) cannot process X: a batch "
-                    f"of shape {tuple(sample.shape)} fails with {type(exc).__name__}: {exc}. "
-                    "Check that X has the layout the model expects (number of features, "
-                    "(n, C, H, W) float or (n, H, W, C) uint8 images)."
+                    f"of shape {tuple(sample.shape)} fails with {type(exc).__name__}: {exc}."
+                    f"{hint} Check that X has the layout the model expects (number of "
+                    "features, (n, C, H, W) float or (n, H, W, C) uint8 images)."
                 ) from exc
             finally:
                 net.train(was_training)
         check_split_matches(net, resolved.original, sample)
+        if not isinstance(features, torch.Tensor):
+            raise ValueError(
+                f"The pretrained model ({resolved.description}) returns a "
+                f"{type(features).__name__}, not a tensor, before its head; sktransfer needs "
+                "one tensor per block. Wrap the block that returns several values so that it "
+                "returns one, or name the blocks with sktransfer.split_model(net, blocks=[...])."
+            )
+        if not bool(torch.isfinite(features).all()):
+            low, high = float(sample.min()), float(sample.max())
+            raise ValueError(
+                f"The pretrained model ({resolved.description}) gives NaN or infinite "
+                f"features for the first samples of X (values of X between {low:.3g} and "
+                f"{high:.3g}). Check the model's weights (are they finite?) and scale X to "
+                "the range the model was trained on (e.g. StandardScaler)."
+            )
         # what the network itself takes (after preprocessing), for chaining and list_blocks
         resolved.input_shape = tuple(int(d) for d in sample.shape[1:])
         return features

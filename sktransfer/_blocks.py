@@ -272,6 +272,11 @@ def split_model(model, blocks=None, head="auto", pre_head=None):
         )
     block_list = []
     for entry in blocks:
+        if not isinstance(entry, (str, list, tuple)):
+            raise TypeError(
+                f"blocks entries must be submodule names (str) or lists of names, got "
+                f"{entry!r}; see [name for name, _ in model.named_modules()]."
+            )
         names = [entry] if isinstance(entry, str) else list(entry)
         if not names:
             raise ValueError("blocks contains an empty list; every block needs a module.")
@@ -293,6 +298,11 @@ def split_model(model, blocks=None, head="auto", pre_head=None):
         head_name, head_mod = _resolve_names(model, [head], "head")[0]
     if isinstance(pre_head, (list, tuple)):
         pre_head = _chain([m for _, m in _resolve_names(model, list(pre_head), "pre_head")])
+    elif pre_head is not None and not isinstance(pre_head, nn.Module):
+        raise TypeError(
+            f"pre_head must be None, a parameter-free nn.Module or a list of submodule "
+            f"names, got {type(pre_head).__name__} {pre_head!r}."
+        )
     return BlockNet(block_list, head=head_mod, pre_head=pre_head,
                     head_name=head_name or "head", split_kind="explicit")
 
@@ -397,6 +407,20 @@ def list_blocks(model, weights=None, input_shape=None):
 
     from ._weights import resolve_model
 
+    if input_shape is not None:
+        if not isinstance(input_shape, (tuple, list)) or not all(
+            isinstance(d, (int, np.integer)) and not isinstance(d, (bool, np.bool_))
+            for d in input_shape
+        ):
+            raise TypeError(
+                f"input_shape must be a tuple of ints, the shape of one sample without the "
+                f"batch axis (e.g. (3, 224, 224) or (n_features,)), got {input_shape!r}."
+            )
+        if any(d < 1 for d in input_shape):
+            raise ValueError(
+                f"input_shape={tuple(input_shape)} has sizes < 1; every axis of a sample "
+                "needs at least one value, e.g. (3, 224, 224) or (n_features,)."
+            )
     resolved = resolve_model(model, weights)
     bnet = resolved.net
     shape = input_shape if input_shape is not None else resolved.input_shape
@@ -406,9 +430,12 @@ def list_blocks(model, weights=None, input_shape=None):
             shapes = _block_output_shapes(bnet, tuple(shape))
         except Exception as exc:  # noqa: BLE001
             if input_shape is not None:
+                known = resolved.input_shape
+                hint = (f" The model takes samples of shape {tuple(known)}."
+                        if known is not None and tuple(known) != tuple(input_shape) else "")
                 raise ValueError(
                     f"Running an input of shape {tuple(input_shape)} through the blocks "
-                    f"failed: {exc}. Check input_shape (one sample, no batch axis)."
+                    f"failed: {exc}.{hint} Check input_shape (one sample, no batch axis)."
                 ) from exc
     rows = []
     for i, (name, block) in enumerate(zip(bnet.block_names, bnet.blocks)):

@@ -11,7 +11,12 @@ from sklearn.base import BaseEstimator, TransformerMixin, _fit_context
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted
 
-from ._base import TransferEstimatorMixin, resolve_device, seed_from_random_state
+from ._base import (
+    TransferEstimatorMixin,
+    resolve_device,
+    seed_from_random_state,
+    unchanged_on_error,
+)
 from ._inputs import iter_batches, validate_input
 
 __all__ = ["FeatureExtractorTransformer", "pool_features", "resolve_layer"]
@@ -180,6 +185,7 @@ class FeatureExtractorTransformer(TransferEstimatorMixin, TransformerMixin, Base
         self.random_state = random_state
 
     @_fit_context(prefer_skip_nested_validation=True)
+    @unchanged_on_error
     def fit(self, X, y=None):
         """Load the pretrained network and check it runs on ``X``.
 

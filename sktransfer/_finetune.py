@@ -264,11 +264,11 @@ class _BaseFineTuned(TransferEstimatorMixin, BaseEstimator):
         if self.lr_schedule == "onecycle":
             factor = partial(_one_cycle, total=max(1, epochs * steps_per_epoch))
             return LRScheduler(policy=torch.optim.lr_scheduler.LambdaLR, lr_lambda=factor,
-                               step_every="batch")
+                               step_every="batch", event_name=None)
         warmup = max(1, round(0.1 * epochs)) if self.lr_schedule == "warmup_cosine" else 0
         factor = partial(_warmup_cosine, warmup=warmup, total=epochs)
         return LRScheduler(policy=torch.optim.lr_scheduler.LambdaLR, lr_lambda=factor,
-                           step_every="epoch")
+                           step_every="epoch", event_name=None)
 
     @_fit_context(prefer_skip_nested_validation=True)
     @unchanged_on_error
@@ -300,7 +300,7 @@ class _BaseFineTuned(TransferEstimatorMixin, BaseEstimator):
         if len(data) < 2:
             raise ValueError(
                 f"{type(self).__name__} needs at least 2 samples to fine-tune, got "
-                f"n_samples = {len(data)} (1 sample)."
+                f"n_samples = {len(data)} (X has 1 sample); pass more samples."
             )
         y_tensor, n_out, stratify = self._encode_y(y)
         weights = self._sample_weights(data, y, sample_weight)
@@ -442,12 +442,19 @@ class _BaseFineTuned(TransferEstimatorMixin, BaseEstimator):
         """Raw network outputs for ``X`` (float32 tensor on the CPU)."""
         check_is_fitted(self, "module_")
         data = validate_input(self, X, reset=False)
-        outs = []
+        # one preallocated output filled batch by batch: a list of per-batch tensors
+        # joined at the end fragments the heap, and the process grows with len(X)
+        out = None
+        start = 0
         module = self.module_
         with torch.inference_mode():
             for batch in iter_batches(data, self.batch_size, self._preprocess, self.device_):
-                outs.append(module(batch).float().cpu())
-        return torch.cat(outs)
+                part = module(batch).float().cpu()
+                if out is None:
+                    out = torch.empty((len(data), *part.shape[1:]), dtype=torch.float32)
+                out[start:start + len(part)] = part
+                start += len(part)
+        return out
 
     def save_weights(self, path):
         """Save the fine-tuned network to a ``.safetensors`` file, without pickle.
@@ -575,7 +582,8 @@ class FineTunedClassifier(ClassifierMixin, _BaseFineTuned):
         ``"warmup_cosine"`` warms up linearly over the first 10% of the epochs
         (at least one), then anneals; ``"onecycle"`` (per batch) rises from 1/25
         of the rate to the full rate over the first 30% of the steps, then anneals
-        to 1e-4 of it. The rates are recorded in ``history_`` (``event_lr``).
+        to 1e-4 of it. ``history_`` records ``lr``, the head's rate as each epoch
+        starts.
     max_epochs : int, default=50
         Maximum number of passes over the training data.
     batch_size : int, default=32
@@ -607,7 +615,10 @@ class FineTunedClassifier(ClassifierMixin, _BaseFineTuned):
         tensor ``(n, ...)`` on the CPU, after preprocessing) and returns the
         augmented batch, e.g. a ``torchvision.transforms.v2`` transform. Never
         applied to validation data or at predict time. It turns the frozen-prefix
-        cache off (the frozen blocks must see the augmented inputs).
+        cache off (the frozen blocks must see the augmented inputs). ``fit`` seeds
+        torch's random generator from ``random_state``, so an augment drawing
+        from torch (``torch.rand``, torchvision transforms) is reproducible; one
+        drawing from numpy's global generator is not.
     early_stopping : bool, default=False
         Hold out ``validation_fraction`` of the training data (stratified) and stop
         when the validation loss has not improved by ``tol`` for

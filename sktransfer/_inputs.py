@@ -15,6 +15,7 @@ Accepted inputs
 
 from __future__ import annotations
 
+import contextlib
 import os
 from dataclasses import dataclass
 
@@ -22,7 +23,8 @@ import numpy as np
 import torch
 from sklearn.utils.validation import check_array, validate_data
 
-__all__ = ["InputData", "validate_input", "iter_batches", "n_samples"]
+__all__ = ["InputData", "validate_input", "iter_batches", "n_samples", "check_real",
+           "clearer_errors"]
 
 
 @dataclass
@@ -60,6 +62,74 @@ def _as_file_list(X):
     return None
 
 
+def check_real(a, name, owner, what=None):
+    """Refuse ``None`` and complex numbers up front, naming the input and the fix.
+
+    scikit-learn turns ``None`` into ``nan`` ("got scalar array instead: array=nan")
+    and prints the whole array for complex data, without saying which input it is.
+    """
+    if a is None:
+        if what is None:
+            what = ("a 2-D array or DataFrame, an image array, or a list of image paths / "
+                    "PIL images" if name == "X" else "one target per sample of X")
+        raise TypeError(f"{name} is None; {owner} needs {name}: {what}.")
+    if hasattr(a, "iloc"):  # pandas: look at the column dtypes, no conversion
+        dtypes = a.dtypes if hasattr(a, "columns") else [a.dtype]
+    else:
+        dtype = getattr(a, "dtype", None)
+        if dtype is None:
+            try:
+                dtype = np.asarray(a).dtype
+            except (ValueError, TypeError):  # ragged lists: left to check_array
+                return
+        dtypes = [dtype]
+    for dtype in dtypes:
+        if getattr(dtype, "kind", None) == "c" or getattr(dtype, "is_complex", False):
+            raise ValueError(
+                f"Complex data not supported: {name} has the complex dtype {dtype}, and "
+                f"{owner} works on real numbers. Pass np.real({name}) or np.abs({name}), "
+                "or put the real and imaginary parts in separate columns."
+            )
+
+
+@contextlib.contextmanager
+def clearer_errors(name="X"):
+    """Add the fix to scikit-learn validation errors that only say what is wrong."""
+    try:
+        yield
+    except ValueError as exc:
+        msg = str(exc).rstrip()
+        if "could not convert string to float" in msg:
+            hint = (
+                f"{name} must hold numbers: encode text or categorical columns first, e.g. "
+                "with sklearn.preprocessing.OneHotEncoder inside a ColumnTransformer."
+            )
+        elif "contains infinity" in msg:
+            hint = (
+                "Replace or drop the infinite values (and values too large for float32), "
+                "e.g. drop those rows or clip them with np.clip."
+            )
+        elif "Input y contains NaN" in msg:
+            hint = "Drop the samples whose target is missing (and their rows of X), or impute y."
+        elif "sample(s)" in msg and "minimum of" in msg:
+            hint = f"{name} needs at least that many samples (rows); pass more data."
+        elif "feature(s)" in msg and "minimum of" in msg:
+            hint = f"{name} has no columns; it needs at least one feature."
+        elif msg.startswith("Expected 2D array"):
+            hint = f"{name} must be 2-D: (n_samples, n_features)."
+        elif "inconsistent numbers of samples" in msg:
+            hint = "X and y must describe the same samples: pass one y entry per sample of X."
+        elif "while dim <= 2 is required" in msg:
+            hint = (
+                f"{name} must be a 2-D table (n_samples, n_features); flatten other arrays, "
+                f"e.g. {name}.reshape(len({name}), -1)."
+            )
+        else:
+            raise
+        sep = " " if msg.endswith((".", ")")) and not msg.endswith("')") else ". "
+        raise ValueError(f"{msg}{sep}{hint}") from exc
+
+
 def validate_input(estimator, X, *, reset, y=None, y_kwargs=None):
     """Validate ``X`` (and ``y``) the scikit-learn way; return ``InputData`` (and y).
 
@@ -71,9 +141,18 @@ def validate_input(estimator, X, *, reset, y=None, y_kwargs=None):
         raise ValueError(
             f"{type(estimator).__name__} requires y to be passed, but the target y is None."
         )
+    owner = type(estimator).__name__
+    if y is not None:
+        check_real(y, "y", owner)
+        if (y_kwargs or {}).get("multi_output") and getattr(y, "ndim", 1) > 2:
+            raise ValueError(
+                f"y has shape {y.shape}; {owner} takes y of shape (n_samples,) or "
+                "(n_samples, n_outputs). Reshape it, e.g. y.reshape(len(y), -1)."
+            )
     files = _as_file_list(X)
     if files is not None:
         return _finish(estimator, InputData(files, "files"), None, reset, y, y_kwargs)
+    check_real(X, "X", owner)
     ndim = getattr(X, "ndim", None)
     if ndim is None and not hasattr(X, "__array__") and not hasattr(X, "iloc"):
         try:
@@ -81,13 +160,21 @@ def validate_input(estimator, X, *, reset, y=None, y_kwargs=None):
         except (ValueError, TypeError):
             ndim = None
     if ndim is not None and ndim >= 3:
-        if y is not None:
-            X, y = validate_data(
-                estimator, X, y, reset=reset, allow_nd=True,
-                dtype=None, ensure_all_finite=True, **(y_kwargs or {}),
+        with clearer_errors("X"):
+            if y is not None:
+                X, y = validate_data(
+                    estimator, X, y, reset=reset, allow_nd=True,
+                    dtype=None, ensure_all_finite=True, **(y_kwargs or {}),
+                )
+            else:
+                X = check_array(X, allow_nd=True, dtype=None, ensure_all_finite=True,
+                                estimator=estimator, input_name="X")
+        if 0 in X.shape[1:]:
+            raise ValueError(
+                f"X has samples of shape {X.shape[1:]}, which hold no values (an axis of "
+                "size 0); every sample needs at least one value. Check how X was built "
+                "or reshaped."
             )
-        else:
-            X = check_array(X, allow_nd=True, dtype=None, ensure_all_finite=True)
         if X.dtype.kind not in "fiub":
             raise ValueError(
                 f"X must hold numbers (images or tensors); got dtype {X.dtype}. Convert "
@@ -96,23 +183,26 @@ def validate_input(estimator, X, *, reset, y=None, y_kwargs=None):
         if X.dtype == np.uint8:
             if X.ndim != 4 or X.shape[-1] not in (1, 3, 4):
                 raise ValueError(
-                    f"uint8 image arrays must have shape (n, H, W, C) with C in 1, 3 or 4; "
-                    f"got {X.shape}. Pass float arrays as (n, C, H, W) instead."
+                    f"X is a uint8 array, and uint8 image arrays must have shape (n, H, W, C) "
+                    f"with C in 1, 3 or 4; got {X.shape}. Pass float arrays as (n, C, H, W) "
+                    "instead."
                 )
             kind = "uint8"
         else:
             kind = "array"
         return _finish(estimator, InputData(X, kind), X.shape[1:], reset, y, y_kwargs,
                        validated=True)
-    if y is not None:
-        X, y = validate_data(
-            estimator, X, y, reset=reset, dtype=[np.float32, np.float64],
-            ensure_all_finite=True, **(y_kwargs or {}),
-        )
-    else:
-        X = validate_data(
-            estimator, X, reset=reset, dtype=[np.float32, np.float64], ensure_all_finite=True,
-        )
+    with clearer_errors("X"):
+        if y is not None:
+            X, y = validate_data(
+                estimator, X, y, reset=reset, dtype=[np.float32, np.float64],
+                ensure_all_finite=True, **(y_kwargs or {}),
+            )
+        else:
+            X = validate_data(
+                estimator, X, reset=reset, dtype=[np.float32, np.float64],
+                ensure_all_finite=True,
+            )
     return _finish(estimator, InputData(X, "tabular"), X.shape[1:], reset, y, y_kwargs,
                    validated=True)
 
@@ -150,9 +240,10 @@ def _finish(estimator, data, shape, reset, y, y_kwargs, validated=False):
     if y is not None and not validated:
         from sklearn.utils import check_consistent_length
 
-        y = check_array(y, ensure_2d=False, dtype=None, ensure_all_finite=True,
-                        input_name="y")
-        check_consistent_length(data.data, y)
+        with clearer_errors("y"):
+            y = check_array(y, ensure_2d=False, dtype=None, ensure_all_finite=True,
+                            input_name="y")
+            check_consistent_length(data.data, y)
     if y is not None:
         return data, y
     return data

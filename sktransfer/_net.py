@@ -305,6 +305,8 @@ class TransferNet(RollbackOnInterrupt, NeuralNet):
                 self._depth = depth
                 self._training_mode = None  # newly (un)frozen blocks change mode
         self.history.record("trainable_from", self._depth)
+        # the largest group's rate (the head's) as this epoch starts, schedules included
+        self.history.record("lr", max(g["lr"] for g in self.optimizer_.param_groups))
 
     def _set_training(self, training=True):
         # skorch calls this on every step; walking a large module's tree each time

@@ -38,8 +38,9 @@ from skorch.callbacks import Callback, EarlyStopping, PassthroughScoring, Progre
 from skorch.utils import to_tensor
 from torch import nn
 
-from ._base import resolve_device, seed_from_random_state
+from ._base import resolve_device, seed_from_random_state, unchanged_on_error
 from ._blocks import BlockNet
+from ._inputs import check_real, clearer_errors
 from ._net import (
     BatchDataset,
     RollbackOnInterrupt,
@@ -53,6 +54,7 @@ from ._weights import ResolvedModel
 __all__ = ["TabularPretrainer"]
 
 _METHODS = ("masked", "contrastive")
+_TABLE = "a 2-D array or DataFrame of numbers (n_samples, n_features)"
 
 
 # -- the network ------------------------------------------------------------------
@@ -514,6 +516,7 @@ class TabularPretrainer(TransformerMixin, BaseEstimator):
         )
 
     @_fit_context(prefer_skip_nested_validation=True)
+    @unchanged_on_error
     def fit(self, X, y=None):
         """Pretrain the encoder on the rows of ``X`` (no labels).
 
@@ -532,8 +535,10 @@ class TabularPretrainer(TransformerMixin, BaseEstimator):
         -------
         self : TabularPretrainer
         """
-        X = validate_data(self, X, reset=True, dtype=[np.float64, np.float32],
-                          ensure_min_samples=2)
+        check_real(X, "X", "TabularPretrainer", what=_TABLE)
+        with clearer_errors("X"):
+            X = validate_data(self, X, reset=True, dtype=[np.float64, np.float32],
+                              ensure_min_samples=2)
         hidden = self._check_hidden()
         device = resolve_device(self.device)
         self._check_no_constant_columns(X)
@@ -573,7 +578,9 @@ class TabularPretrainer(TransformerMixin, BaseEstimator):
         X_new : ndarray of shape (n_samples, ``n_features_out_``), dtype float32
         """
         check_is_fitted(self, "encoder_")
-        X = validate_data(self, X, reset=False, dtype=[np.float32, np.float64])
+        check_real(X, "X", "TabularPretrainer", what=_TABLE)
+        with clearer_errors("X"):
+            X = validate_data(self, X, reset=False, dtype=[np.float32, np.float64])
         out = np.empty((len(X), self.n_features_out_), dtype=np.float32)
         with torch.inference_mode():
             for start in range(0, len(X), self.batch_size):
@@ -618,7 +625,8 @@ class TabularPretrainer(TransformerMixin, BaseEstimator):
 
     def __getstate__(self):
         # pickles hold the encoder on the CPU, so they load on machines without CUDA
-        state = super().__getstate__()
+        # a copy: on Python >= 3.11 the base returns the live __dict__ itself
+        state = dict(super().__getstate__())
         if state.get("encoder_") is not None and getattr(self, "device_", "cpu") != "cpu":
             state["encoder_"] = copy.deepcopy(state["encoder_"]).to("cpu")
             state["device_"] = "cpu"

@@ -59,6 +59,10 @@ def check_features(X, name="features", min_samples=2):
                    f"{name}.reshape(-1, 1).")
         elif "feature(s)" in msg:
             fix = f"{name} has no columns; it needs at least one feature."
+        elif msg.startswith("Complex data not supported"):
+            msg = "Complex data not supported."  # without sklearn's dump of the array
+            fix = (f"{name} must hold real numbers; pass np.real({name}) or np.abs({name}), or "
+                   "the real and imaginary parts as separate columns.")
         else:
             fix = f"{name} must be a 2-D array of numbers (n_samples, n_features)."
         raise ValueError(f"{name}: {msg} {fix}") from exc
@@ -74,10 +78,19 @@ def check_same_length(a, a_name, b, b_name):
         )
 
 
+def _check_not_complex(arr, name):
+    if arr.dtype.kind == "c":
+        raise ValueError(
+            f"Complex data not supported: {name} has the complex dtype {arr.dtype}. Pass real "
+            f"labels or targets, e.g. np.real({name})."
+        )
+
+
 def _as_1d(y, name):
     if sparse.issparse(y):
         raise TypeError(f"{name} must be a dense 1-D array of labels, got a sparse matrix.")
     arr = np.asarray(y)
+    _check_not_complex(arr, name)
     if arr.ndim == 2 and arr.shape[1] == 1:
         arr = arr.ravel()
     if arr.ndim != 1:
@@ -150,6 +163,7 @@ def logme_targets(y, regression, n_samples):
     if sparse.issparse(y):
         raise TypeError("y must be a dense array, got a sparse matrix.")
     y_arr = np.asarray(y)
+    _check_not_complex(y_arr, "y")
     if y_arr.ndim not in (1, 2):
         raise ValueError(f"y must be 1-D or 2-D, got shape {y_arr.shape}.")
     if y_arr.shape[0] == 0:

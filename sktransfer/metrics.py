@@ -467,6 +467,12 @@ def rank_models(candidates, X, y, *, metric="logme", cv=None, prefit=False,
             "candidates must be a non-empty dict {name: transformer} or a list of "
             "(name, transformer) pairs."
         )
+    if metric_params is not None and not isinstance(metric_params, dict):
+        raise TypeError(
+            f"metric_params must be a dict of keyword arguments for the metric or None, got "
+            f"{type(metric_params).__name__} {metric_params!r}; e.g. "
+            "metric_params={'regression': True}."
+        )
     params = dict(metric_params or {})
     scorer = transferability_scorer(metric, **params)
     if prefit and cv is not None:
@@ -560,6 +566,13 @@ def domain_shift_score(source_features, target_features, *, cv=5, random_state=N
             f"source_features has {S.shape[1]} features but target_features has "
             f"{T.shape[1]}; extract both with the same model and layer."
         )
-    accuracy = domain_accuracy(S, T, cv, check_random_state(random_state))
+    try:
+        rng = check_random_state(random_state)
+    except ValueError as exc:
+        raise ValueError(
+            f"random_state={random_state!r} is not valid; use None, an int or a "
+            "numpy.random.RandomState."
+        ) from exc
+    accuracy = domain_accuracy(S, T, cv, rng)
     score = 2.0 * (1.0 - 2.0 * min(1.0 - accuracy, 0.5))
     return (score, accuracy) if return_accuracy else score
