@@ -420,6 +420,8 @@ class _BaseFineTuned(TransferEstimatorMixin, BaseEstimator):
             "device": device,
             "verbose": int(self.verbose),
         }
+        if not self.verbose:  # skorch's epoch table is formatted even when not printed
+            kwargs["callbacks__print_log"] = None
         if weighted:
             kwargs["criterion__reduction"] = "none"
         kwargs.update({f"optimizer__{k}": v for k, v in opt_kwargs.items()})
