@@ -12,7 +12,7 @@ from sklearn.base import BaseEstimator, clone
 from torch import nn
 
 from ._blocks import check_split_matches
-from ._inputs import make_batch
+from ._inputs import iter_batches, make_batch
 from ._weights import resolve_model
 
 __all__ = ["TransferEstimatorMixin", "resolve_device", "seed_from_random_state",
@@ -135,6 +135,23 @@ class TransferEstimatorMixin:
             state["module_"] = copy.deepcopy(module).to("cpu")
             state["device_"] = "cpu"
         return state
+
+    def _map_batches(self, data, fn):
+        """``fn`` over ``data`` batch by batch (eval, inference mode) into one array.
+
+        The output (float32, on the CPU) is allocated once from the first batch
+        and filled in place: memory stays bounded by ``batch_size`` plus the
+        result, and no list of per-batch pieces fragments the heap.
+        """
+        out, start = None, 0
+        with torch.inference_mode():
+            for batch in iter_batches(data, self.batch_size, self._preprocess, self.device_):
+                part = fn(batch).to("cpu", torch.float32)
+                if out is None:
+                    out = torch.empty((len(data), *part.shape[1:]), dtype=torch.float32)
+                out[start:start + len(part)] = part
+                start += len(part)
+        return out
 
     def _resolve_pretrained(self, seed):
         """A private copy of the pretrained net, split into blocks.

@@ -6,7 +6,6 @@ import numbers
 import re
 
 import numpy as np
-import torch
 from sklearn.base import BaseEstimator, TransformerMixin, _fit_context
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted
@@ -17,7 +16,7 @@ from ._base import (
     seed_from_random_state,
     unchanged_on_error,
 )
-from ._inputs import iter_batches, validate_input
+from ._inputs import validate_input
 
 __all__ = ["FeatureExtractorTransformer", "pool_features", "resolve_layer"]
 
@@ -227,25 +226,15 @@ class FeatureExtractorTransformer(TransferEstimatorMixin, TransformerMixin, Base
 
     def _features(self, data, stop=None):
         """Features of ``data[:stop]``, batch by batch, into one preallocated array."""
-        n = len(data) if stop is None else stop
-        out = None
         net = self.module_
         channels_last = getattr(net, "channels_last", False)
-        with torch.inference_mode():
-            start = 0
-            sub = data if stop is None else type(data)(data.data[:stop], data.kind)
-            for batch in iter_batches(sub, self.batch_size, self._preprocess, self.device_):
-                if self._after_head:
-                    feats = net(batch)
-                else:
-                    feats = net.forward_features(batch, stop=self._stop)
-                feats = pool_features(feats, self.pooling, channels_last)
-                feats = feats.to("cpu", torch.float32).numpy()
-                if out is None:
-                    out = np.empty((n, feats.shape[1]), dtype=np.float32)
-                out[start:start + len(feats)] = feats
-                start += len(feats)
-        return out
+        sub = data if stop is None else type(data)(data.data[:stop], data.kind)
+
+        def features(batch):
+            out = net(batch) if self._after_head else net.forward_features(batch, stop=self._stop)
+            return pool_features(out, self.pooling, channels_last)
+
+        return self._map_batches(sub, features).numpy()
 
     def transform(self, X):
         """Features of ``X`` from ``layer``.

@@ -444,19 +444,7 @@ class _BaseFineTuned(TransferEstimatorMixin, BaseEstimator):
         """Raw network outputs for ``X`` (float32 tensor on the CPU)."""
         check_is_fitted(self, "module_")
         data = validate_input(self, X, reset=False)
-        # one preallocated output filled batch by batch: a list of per-batch tensors
-        # joined at the end fragments the heap, and the process grows with len(X)
-        out = None
-        start = 0
-        module = self.module_
-        with torch.inference_mode():
-            for batch in iter_batches(data, self.batch_size, self._preprocess, self.device_):
-                part = module(batch).float().cpu()
-                if out is None:
-                    out = torch.empty((len(data), *part.shape[1:]), dtype=torch.float32)
-                out[start:start + len(part)] = part
-                start += len(part)
-        return out
+        return self._map_batches(data, self.module_)
 
     def save_weights(self, path):
         """Save the fine-tuned network to a ``.safetensors`` file, without pickle.
