@@ -105,3 +105,27 @@ def test_cuda_pickle_round_trip(source_cnn, digits):
     assert all(p.device.type == "cpu" for p in again.module_.parameters())
     np.testing.assert_allclose(again.predict_proba(X), est.predict_proba(X), rtol=1e-4,
                                atol=1e-5)
+
+
+@pytest.mark.parametrize("make", ["classifier", "regressor", "extractor", "pretrainer"])
+def test_joblib_round_trip_identical_outputs(make, tabular_source, tmp_path):
+    import joblib
+
+    from sktransfer import FeatureExtractorTransformer, TabularPretrainer
+
+    X, y = tabular_source["X_target"][:100], tabular_source["y_target"][:100]
+    net = tabular_source["net"]
+    est, out = {
+        "classifier": (FineTunedClassifier(model=net, max_epochs=2, random_state=0, **CPU),
+                       "predict_proba"),
+        "regressor": (FineTunedRegressor(model=net, max_epochs=2, random_state=0, **CPU),
+                      "predict"),
+        "extractor": (FeatureExtractorTransformer(model=net, **CPU), "transform"),
+        "pretrainer": (TabularPretrainer(hidden_layer_sizes=(8,), max_epochs=2,
+                                         random_state=0, **CPU), "transform"),
+    }[make]
+    target = y if make == "classifier" else X[:, 0] if make == "regressor" else None
+    est.fit(X, target)
+    joblib.dump(est, tmp_path / "est.joblib")
+    again = joblib.load(tmp_path / "est.joblib")
+    np.testing.assert_array_equal(getattr(again, out)(X), getattr(est, out)(X))
