@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 import torch
 from sklearn.datasets import load_digits
+from skorch.callbacks import Callback
 from torch import nn
 
 torch.set_num_threads(min(2, torch.get_num_threads()))
@@ -123,3 +124,15 @@ def tabular_source():
     train_plain(net, X_src, y_src, epochs=60, loss="mse")
     return {"net": net, "X_target": X_tgt, "y_target": y_tgt, "X_source": X_src,
             "y_source": y_src}
+
+
+class InterruptAt(Callback):
+    """Simulates Ctrl-C in the middle of an epoch."""
+
+    def __init__(self, epoch, batch):
+        self.epoch, self.batch = epoch, batch
+
+    def on_batch_end(self, net, training=False, **kwargs):
+        row = net.history[-1]
+        if training and len(net.history) == self.epoch and len(row["batches"]) == self.batch:
+            raise KeyboardInterrupt

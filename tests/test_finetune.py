@@ -17,7 +17,7 @@ from torch import nn
 
 from sktransfer import FineTunedClassifier, FineTunedRegressor, split_model
 
-from .conftest import few_labels, make_cnn
+from .conftest import InterruptAt, few_labels, make_cnn
 
 CPU = {"device": "cpu"}
 
@@ -556,18 +556,6 @@ def test_list_blocks_of_a_fitted_estimator_knows_its_input(source_cnn, digits):
         digits["X_target"][:40], digits["y_target"][:40])
     blocks = list_blocks(est)
     assert list(blocks["output_shape"]) == [(16, 6, 6), (288,), (64,)]
-
-
-class InterruptAt(Callback):
-    """Simulates Ctrl-C in the middle of an epoch."""
-
-    def __init__(self, epoch, batch):
-        self.epoch, self.batch = epoch, batch
-
-    def on_batch_end(self, net, training=False, **kwargs):
-        row = net.history[-1]
-        if training and len(net.history) == self.epoch and len(row["batches"]) == self.batch:
-            raise KeyboardInterrupt
 
 
 def test_keyboard_interrupt_keeps_the_last_completed_epoch(source_cnn, digits):

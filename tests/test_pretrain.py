@@ -12,11 +12,12 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import GridSearchCV, train_test_split
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
-from skorch.callbacks import Callback
 
 from sktransfer import FeatureExtractorTransformer, FineTunedClassifier, list_blocks
 from sktransfer import TabularPretrainer
 from sktransfer._pretrain import _build_encoder
+
+from .conftest import InterruptAt
 
 CPU = {"device": "cpu"}
 # small and quick, and (checked) enough to learn something on digits
@@ -261,18 +262,6 @@ def test_pickle_round_trip(pretrained, table):
     clf = FineTunedClassifier(model=loaded, freeze_depth="all", max_epochs=2,
                               random_state=0, **CPU).fit(X_test[:40], y_test[:40])
     assert clf.predict(X_test[:3]).shape == (3,)
-
-
-class InterruptAt(Callback):
-    """Simulates Ctrl-C in the middle of an epoch."""
-
-    def __init__(self, epoch, batch):
-        self.epoch, self.batch = epoch, batch
-
-    def on_batch_end(self, net, training=False, **kwargs):
-        row = net.history[-1]
-        if training and len(net.history) == self.epoch and len(row["batches"]) == self.batch:
-            raise KeyboardInterrupt
 
 
 def test_keyboard_interrupt_keeps_the_last_completed_epoch(table):
