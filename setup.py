@@ -10,12 +10,25 @@ VERSION = re.search(
     r'^__version__ = "([^"]+)"', (HERE / "sktransfer" / "__init__.py").read_text(), re.M
 ).group(1)
 
+SCALE_OUT = {
+    # joblib's dask backend: grid searches on a dask.distributed cluster
+    "dask": ["dask[distributed]>=2023.4"],
+    # joblib's Ray backend (ray.util.joblib)
+    "ray": ["ray>=2.9"],
+    # skorch's AccelerateMixin: one fit on many GPUs, mixed precision
+    "accelerate": ["accelerate>=0.28"],
+}
+
 EXTRAS = {
     "plot": ["matplotlib>=3.6"],
+    **SCALE_OUT,
+    "distributed": sorted({req for reqs in SCALE_OUT.values() for req in reqs}),
     "test": [
         "pytest>=7",
         "hypothesis>=6",
         "matplotlib>=3.6",
+        # the scale-out tests start real local dask and Ray clusters and torchrun
+        *(req for reqs in SCALE_OUT.values() for req in reqs),
     ],
     "docs": [
         "sphinx>=7",

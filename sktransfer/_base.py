@@ -5,6 +5,8 @@ from __future__ import annotations
 import copy
 import functools
 import numbers
+import threading
+import warnings
 
 import numpy as np
 import torch
@@ -16,7 +18,46 @@ from ._inputs import iter_batches, make_batch
 from ._weights import resolve_model
 
 __all__ = ["TransferEstimatorMixin", "resolve_device", "seed_from_random_state",
-           "unchanged_on_error"]
+           "unchanged_on_error", "one_fit_at_a_time"]
+
+# torch's random generators (and a GPU) are shared by all threads of a process
+_FIT_LOCK = threading.RLock()
+_warned_threads = False
+
+
+def one_fit_at_a_time(fit):
+    """Decorate ``fit`` so that one process runs one fit at a time, whatever the threads.
+
+    A fit seeds torch's global random generators (initial head, shuffling,
+    dropout); two fits in threads of one process (joblib's threading backend, a
+    dask worker with several threads) would draw from the same generators, so
+    neither would be reproducible, and on a GPU they would fight over its
+    memory. A second thread waits for the first fit to end, with a warning (once
+    per process) that says how to get parallel fits: processes.
+    """
+    @functools.wraps(fit)
+    def wrapper(self, *args, **kwargs):
+        global _warned_threads
+        if not _FIT_LOCK.acquire(blocking=False):
+            if not _warned_threads:
+                _warned_threads = True
+                warnings.warn(
+                    f"{type(self).__name__}.fit waits for another fit running in this process "
+                    f"(thread {threading.current_thread().name!r}): sktransfer runs one fit at "
+                    "a time per process, because torch's random generators (and a GPU) are "
+                    "shared by all threads, so concurrent fits would not be reproducible. For "
+                    "parallel fits use processes: joblib's default loky backend, or dask "
+                    "workers with one thread each (dask worker --nworkers N --nthreads 1; "
+                    "LocalCluster(threads_per_worker=1)).",
+                    UserWarning, stacklevel=3,
+                )
+            _FIT_LOCK.acquire()
+        try:
+            return fit(self, *args, **kwargs)
+        finally:
+            _FIT_LOCK.release()
+
+    return wrapper
 
 
 def unchanged_on_error(fit):

@@ -14,6 +14,7 @@ from ._base import (
     TransferEstimatorMixin,
     resolve_device,
     seed_from_random_state,
+    one_fit_at_a_time,
     unchanged_on_error,
 )
 from ._inputs import validate_input
@@ -184,6 +185,7 @@ class FeatureExtractorTransformer(TransferEstimatorMixin, TransformerMixin, Base
         self.random_state = random_state
 
     @_fit_context(prefer_skip_nested_validation=True)
+    @one_fit_at_a_time
     @unchanged_on_error
     def fit(self, X, y=None):
         """Load the pretrained network and check it runs on ``X``.

@@ -18,10 +18,18 @@ from sklearn.utils.validation import check_is_fitted
 from skorch.callbacks import EarlyStopping, PassthroughScoring, ProgressBar
 from torch import nn
 
+from ._accelerate import (
+    SyncEpochLosses,
+    accelerated,
+    check_single_process_only,
+    resolve_accelerator,
+    silent,
+)
 from ._base import (
     TransferEstimatorMixin,
     resolve_device,
     seed_from_random_state,
+    one_fit_at_a_time,
     unchanged_on_error,
 )
 from ._blocks import check_freeze_depth, freeze_blocks
@@ -118,6 +126,7 @@ class _BaseFineTuned(TransferEstimatorMixin, BaseEstimator):
         "cache_size": [Interval(numbers.Real, 0, None, closed="left")],
         "random_state": ["random_state"],
         "device": "no_validation",
+        "accelerator": "no_validation",  # checked in fit (accelerate is optional)
         "preprocess": "no_validation",
         "verbose": ["verbose"],
         "net_kwargs": [dict, None],
@@ -131,7 +140,8 @@ class _BaseFineTuned(TransferEstimatorMixin, BaseEstimator):
                  dropout=0.0, reuse_head=False, early_stopping=False,
                  validation_fraction=0.1, n_iter_no_change=10, tol=1e-4, cache_size=1024,
                  random_state=None,
-                 device="auto", preprocess="auto", verbose=0, net_kwargs=None):
+                 device="auto", accelerator=None, preprocess="auto", verbose=0,
+                 net_kwargs=None):
         self.model = model
         self.weights = weights
         self.freeze_depth = freeze_depth
@@ -158,6 +168,7 @@ class _BaseFineTuned(TransferEstimatorMixin, BaseEstimator):
         self.cache_size = cache_size
         self.random_state = random_state
         self.device = device
+        self.accelerator = accelerator
         self.preprocess = preprocess
         self.verbose = verbose
         self.net_kwargs = net_kwargs
@@ -243,6 +254,8 @@ class _BaseFineTuned(TransferEstimatorMixin, BaseEstimator):
     def _callbacks(self, steps_per_epoch):
         callbacks = [
             ("train_data_loss", PassthroughScoring(name="train_data_loss", on_train=True)),
+            # several processes (accelerate): every process sees the mean losses
+            ("sync_losses", SyncEpochLosses()),
             ("finite_loss", FiniteLossCheck()),
         ]
         if self.early_stopping:
@@ -271,6 +284,7 @@ class _BaseFineTuned(TransferEstimatorMixin, BaseEstimator):
                            step_every="epoch", event_name=None)
 
     @_fit_context(prefer_skip_nested_validation=True)
+    @one_fit_at_a_time
     @unchanged_on_error
     def fit(self, X, y, sample_weight=None):
         """Fine-tune the pretrained network on ``(X, y)``, starting from its weights.
@@ -295,7 +309,8 @@ class _BaseFineTuned(TransferEstimatorMixin, BaseEstimator):
         self
             The fitted estimator.
         """
-        device = resolve_device(self.device)
+        accelerator, device = resolve_accelerator(self.accelerator, self.device, resolve_device)
+        check_single_process_only(accelerator, unfreeze_every=self.unfreeze_every)
         data, y = validate_input(self, X, reset=True, y=y, y_kwargs=self._y_kwargs())
         if len(data) < 2:
             raise ValueError(
@@ -312,7 +327,8 @@ class _BaseFineTuned(TransferEstimatorMixin, BaseEstimator):
         train_idx, valid_idx = self._validation_split(len(data), stratify, seed)
         X_train, start = self._training_inputs(module, data, depth, preprocess, device)
         dataset = BatchDataset(X_train, y_tensor, preprocess, sample_weight=weights)
-        net = self._make_net(module, depth, new_prefixes, dataset, train_idx, valid_idx, device)
+        net = self._make_net(module, depth, new_prefixes, dataset, train_idx, valid_idx, device,
+                             accelerator)
         module.start_block = start
         try:
             fit_seeded(net, dataset, train_idx, seed, device, augment=self.augment)
@@ -392,8 +408,13 @@ class _BaseFineTuned(TransferEstimatorMixin, BaseEstimator):
             )
         return cached, depth
 
-    def _make_net(self, module, depth, new_prefixes, dataset, train_idx, valid_idx, device):
-        """The private skorch net for this fit; ``dataset`` holds all samples."""
+    def _make_net(self, module, depth, new_prefixes, dataset, train_idx, valid_idx, device,
+                  accelerator=None):
+        """The private skorch net for this fit; ``dataset`` holds all samples.
+
+        With an ``accelerator`` the net class gets skorch's ``AccelerateMixin``
+        and the accelerator, not skorch, places the network.
+        """
         drop_last = len(train_idx) % self.batch_size == 1 and len(train_idx) > 1
         steps_per_epoch = (len(train_idx) // self.batch_size if drop_last
                            else -(-len(train_idx) // self.batch_size))
@@ -420,7 +441,9 @@ class _BaseFineTuned(TransferEstimatorMixin, BaseEstimator):
             "device": device,
             "verbose": int(self.verbose),
         }
-        if not self.verbose:  # skorch's epoch table is formatted even when not printed
+        if not self.verbose and accelerator is None:
+            # skorch's epoch table is formatted even when not printed (AccelerateMixin
+            # sets the table's sink, so it keeps the table)
             kwargs["callbacks__print_log"] = None
         if weighted:
             kwargs["criterion__reduction"] = "none"
@@ -428,8 +451,14 @@ class _BaseFineTuned(TransferEstimatorMixin, BaseEstimator):
         extra = dict(self.net_kwargs or {})
         # the user's callbacks come on top of ours (loss check, early stopping, ...)
         kwargs["callbacks"] = kwargs["callbacks"] + list(extra.pop("callbacks", None) or [])
+        net_cls = TransferNet
+        if accelerator is not None:
+            net_cls = accelerated(TransferNet)
+            kwargs.update(device=None, accelerator=accelerator)
+            if not self.verbose:
+                kwargs["callbacks__print_log__sink"] = silent
         kwargs.update(extra)
-        return TransferNet(
+        return net_cls(
             module, freeze_depth=depth, penalty=self.penalty, alpha=float(self.alpha),
             backbone_lr_scale=float(self.backbone_lr_scale), layer_decay=self.layer_decay,
             new_prefixes=new_prefixes, weighted=weighted, unfreeze_every=self.unfreeze_every,
@@ -632,6 +661,18 @@ class FineTunedClassifier(ClassifierMixin, _BaseFineTuned):
         predictions.
     device : str, default="auto"
         ``"cpu"``, ``"cuda"``, ``"cuda:<i>"`` or ``"auto"`` (CUDA when available).
+    accelerator : accelerate.Accelerator, dict or None, default=None
+        Train through Hugging Face ``accelerate`` (skorch's ``AccelerateMixin``):
+        on several GPUs in one fit when the script runs under ``accelerate
+        launch`` or ``torchrun`` (distributed data parallel; ``batch_size`` is per
+        process), with mixed precision, or on any device accelerate supports.
+        Pass an ``Accelerator`` or a dict of its keyword arguments, built at fit
+        time (e.g. ``{"mixed_precision": "bf16"}``), which keeps the estimator
+        cheap to clone for a grid search. The accelerator places the network:
+        leave ``device="auto"``. Needs ``pip install 'sktransfer[accelerate]'``.
+        With several processes, ``unfreeze_every`` is not supported and the epoch
+        losses are averaged over processes, so early stopping stops all of them
+        at the same epoch. See the user guide, "Scaling out".
     preprocess : "auto", callable or None, default="auto"
         Image preprocessing, as in :class:`FeatureExtractorTransformer`.
     verbose : int, default=0
@@ -698,7 +739,8 @@ class FineTunedClassifier(ClassifierMixin, _BaseFineTuned):
                  dropout=0.0, reuse_head=False, class_weight=None, early_stopping=False,
                  validation_fraction=0.1, n_iter_no_change=10, tol=1e-4, cache_size=1024,
                  random_state=None,
-                 device="auto", preprocess="auto", verbose=0, net_kwargs=None):
+                 device="auto", accelerator=None, preprocess="auto", verbose=0,
+                 net_kwargs=None):
         super().__init__(
             model=model, weights=weights, freeze_depth=freeze_depth, penalty=penalty,
             alpha=alpha, lr=lr, backbone_lr_scale=backbone_lr_scale, layer_decay=layer_decay,
@@ -708,7 +750,8 @@ class FineTunedClassifier(ClassifierMixin, _BaseFineTuned):
             head_hidden_sizes=head_hidden_sizes, dropout=dropout, reuse_head=reuse_head,
             early_stopping=early_stopping, validation_fraction=validation_fraction,
             n_iter_no_change=n_iter_no_change, tol=tol, cache_size=cache_size,
-            random_state=random_state, device=device, preprocess=preprocess,
+            random_state=random_state, device=device, accelerator=accelerator,
+            preprocess=preprocess,
             verbose=verbose, net_kwargs=net_kwargs,
         )
         self.class_weight = class_weight
@@ -797,7 +840,7 @@ class FineTunedRegressor(RegressorMixin, _BaseFineTuned):
     model, weights, freeze_depth, penalty, alpha, lr, backbone_lr_scale, \
 layer_decay, lr_schedule, unfreeze_every, augment, max_epochs, batch_size, optimizer, weight_decay, momentum, head_hidden_sizes, \
 dropout, reuse_head, early_stopping, validation_fraction, n_iter_no_change, tol, \
-cache_size, random_state, device, preprocess, verbose, net_kwargs
+cache_size, random_state, device, accelerator, preprocess, verbose, net_kwargs
         As in :class:`FineTunedClassifier` (the validation split is not stratified).
 
     Attributes

@@ -21,6 +21,7 @@ import torch
 from skorch import NeuralNet
 from skorch.callbacks import Callback
 
+from ._accelerate import unwrap_module
 from ._inputs import InputData, make_batch
 from ._penalties import penalty_value
 
@@ -68,7 +69,10 @@ def fit_seeded(net, dataset, train_idx, seed, device, augment=None):
     ``augment`` (a callable on input batches) applies to these training samples
     only; the validation split is a separate subset.
     """
-    devices = [torch.device(device).index or 0] if str(device).startswith("cuda") else []
+    dev = torch.device(device)
+    # "cuda" without an index is the current GPU (e.g. the one a worker was pinned to)
+    devices = ([torch.cuda.current_device() if dev.index is None else dev.index]
+               if dev.type == "cuda" else [])
     train = (torch.utils.data.Subset(dataset, train_idx) if augment is None
              else _Augmented(dataset, train_idx, augment))
     with torch.random.fork_rng(devices=devices):
@@ -244,7 +248,7 @@ class TransferNet(RollbackOnInterrupt, NeuralNet):
     def _penalty_params(self):
         if self._anchor_state is None:
             pretrained, anchors, new = [], [], []
-            for name, p in self.module_.named_parameters():
+            for name, p in unwrap_module(self.module_).named_parameters():
                 if not p.requires_grad:
                     continue
                 if self._is_new(name):
@@ -260,10 +264,11 @@ class TransferNet(RollbackOnInterrupt, NeuralNet):
         ``lr * backbone_lr_scale``, times ``layer_decay ** i`` for the block ``i``
         places below the top block when ``layer_decay`` is set. Frozen
         parameters are left out."""
-        n_blocks = len(self.module_.blocks)
+        module = unwrap_module(self.module_)
+        n_blocks = len(module.blocks)
         base = self.lr * self.backbone_lr_scale
         groups = {}
-        for name, p in self.module_.named_parameters():
+        for name, p in module.named_parameters():
             if not p.requires_grad:
                 continue
             if self._is_new(name):
@@ -296,10 +301,10 @@ class TransferNet(RollbackOnInterrupt, NeuralNet):
             # head alone for unfreeze_every epochs, then one more block from the top
             # every unfreeze_every epochs, down to freeze_depth
             epoch = len(self.history)
-            n_blocks = len(self.module_.blocks)
-            depth = max(self.freeze_depth, n_blocks - (epoch - 1) // self.unfreeze_every)
+            blocks = unwrap_module(self.module_).blocks
+            depth = max(self.freeze_depth, len(blocks) - (epoch - 1) // self.unfreeze_every)
             if depth != self._depth:
-                for i, block in enumerate(self.module_.blocks):
+                for i, block in enumerate(blocks):
                     if i >= self.freeze_depth:
                         block.requires_grad_(i >= depth)
                 self._depth = depth
@@ -315,7 +320,7 @@ class TransferNet(RollbackOnInterrupt, NeuralNet):
             return
         super()._set_training(training)
         if training:
-            for block in self.module_.blocks[: self._depth]:
+            for block in unwrap_module(self.module_).blocks[: self._depth]:
                 block.eval()
         self._training_mode = training
 

@@ -38,7 +38,20 @@ from skorch.callbacks import Callback, EarlyStopping, PassthroughScoring, Progre
 from skorch.utils import to_tensor
 from torch import nn
 
-from ._base import resolve_device, seed_from_random_state, unchanged_on_error
+from ._accelerate import (
+    SyncEpochLosses,
+    accelerated,
+    compute_device,
+    resolve_accelerator,
+    silent,
+    unwrap_module,
+)
+from ._base import (
+    one_fit_at_a_time,
+    resolve_device,
+    seed_from_random_state,
+    unchanged_on_error,
+)
 from ._blocks import BlockNet
 from ._inputs import check_real, clearer_errors
 from ._net import (
@@ -108,8 +121,20 @@ class _PretrainModule(nn.Module):
                 nn.Linear(width, width), nn.ReLU(), nn.Linear(width, width)
             )
 
-    def forward(self, x):
-        return self.encoder(x)
+    def forward(self, x, original=None):
+        """The pretext outputs, in one forward (so distributed data parallel, which
+        synchronises gradients through ``forward``, sees the whole step).
+
+        ``method="masked"``: ``x`` is the corrupted batch, ``original`` the clean
+        one; returns the mask logits, the reconstructed values and their target
+        (the standardised original). ``"contrastive"``: ``x`` holds both views;
+        returns their projections.
+        """
+        h = self.encoder(x)
+        if original is None:
+            return self.projector(h)
+        return {"mask_logits": self.mask_decoder(h), "values": self.value_decoder(h),
+                "target": self.encoder.blocks[0][0](original)}
 
 
 def _corrupt(x, pool, mask_rate, generator):
@@ -157,12 +182,12 @@ class _PretrainNet(RollbackOnInterrupt, NeuralNet):
         self.corruption_seed = corruption_seed
         self.pool_ = pool  # training rows to draw replacement values from (CPU)
 
-    def initialize(self):
-        super().initialize()
-        self.pool_ = self.pool_.to(self.device)
+    def on_train_begin(self, net, X=None, y=None, **kwargs):
+        # here rather than in ``initialize``, which AccelerateMixin replaces
+        super().on_train_begin(net, X=X, y=y, **kwargs)
+        self.pool_ = self.pool_.to(compute_device(self))
         self.train_rng_ = torch.Generator().manual_seed(self.corruption_seed)
         self.valid_rng_ = torch.Generator()
-        return self
 
     def run_single_epoch(self, iterator, training, prefix, step_fn, **fit_params):
         if not training:
@@ -175,13 +200,10 @@ class _PretrainNet(RollbackOnInterrupt, NeuralNet):
         rng = self.train_rng_ if module.training else self.valid_rng_
         if self.method == "masked":
             x_tilde, mask = _corrupt(x, self.pool_, self.mask_rate, rng)
-            h = module.encoder(x_tilde)
-            target = module.encoder.blocks[0][0](x)  # the standardised original
-            return {"mask_logits": module.mask_decoder(h), "mask": mask,
-                    "values": module.value_decoder(h), "target": target}
+            return {**module(x_tilde, x), "mask": mask}
         view1, _ = _corrupt(x, self.pool_, self.mask_rate, rng)
         view2, _ = _corrupt(x, self.pool_, self.mask_rate, rng)
-        both = module.projector(module.encoder(torch.cat([view1, view2])))
+        both = module(torch.cat([view1, view2]))
         return {"z1": both[: len(x)], "z2": both[len(x):]}
 
     def get_loss(self, y_pred, y_true, X=None, training=False):
@@ -301,6 +323,12 @@ class TabularPretrainer(TransformerMixin, BaseEstimator):
         the validation split: the same seed and data give identical embeddings.
     device : str, default="auto"
         ``"cpu"``, ``"cuda"``, ``"cuda:<i>"`` or ``"auto"`` (CUDA when available).
+    accelerator : accelerate.Accelerator, dict or None, default=None
+        Pretrain through Hugging Face ``accelerate``: several GPUs for one fit
+        under ``accelerate launch`` / ``torchrun`` (``batch_size`` per process;
+        contrastive negatives come from each process's own batch), mixed
+        precision. An ``Accelerator`` or a dict of its keyword arguments; leave
+        ``device="auto"``. As in :class:`FineTunedClassifier`.
     verbose : int, default=0
         0 silent; 1 skorch's table of losses per epoch; 2 also a progress bar.
     net_kwargs : dict or None, default=None
@@ -401,6 +429,7 @@ class TabularPretrainer(TransformerMixin, BaseEstimator):
         "tol": [Interval(numbers.Real, 0, None, closed="left")],
         "random_state": ["random_state"],
         "device": "no_validation",  # checked by resolve_device
+        "accelerator": "no_validation",  # checked in fit (accelerate is optional)
         "verbose": ["verbose"],
         "net_kwargs": [dict, None],
     }
@@ -409,7 +438,7 @@ class TabularPretrainer(TransformerMixin, BaseEstimator):
                  temperature=1.0, dropout=0.0, lr=1e-3, weight_decay=0.0, max_epochs=100,
                  batch_size=128, early_stopping=False, validation_fraction=0.1,
                  n_iter_no_change=10, tol=1e-4, random_state=None, device="auto",
-                 verbose=0, net_kwargs=None):
+                 accelerator=None, verbose=0, net_kwargs=None):
         self.hidden_layer_sizes = hidden_layer_sizes
         self.method = method
         self.mask_rate = mask_rate
@@ -425,6 +454,7 @@ class TabularPretrainer(TransformerMixin, BaseEstimator):
         self.tol = tol
         self.random_state = random_state
         self.device = device
+        self.accelerator = accelerator
         self.verbose = verbose
         self.net_kwargs = net_kwargs
 
@@ -465,13 +495,19 @@ class TabularPretrainer(TransformerMixin, BaseEstimator):
         return holdout_split(n, self.validation_fraction, seed, unit="rows")
 
     def _callbacks(self):
-        callbacks = [("finite_loss", _FiniteLoss())]
+        callbacks = []
         if self.method == "masked":
             for prefix in ("train", "valid"):
                 for part in ("value_mse", "mask_bce"):
                     callbacks.append((f"{prefix}_{part}", PassthroughScoring(
                         f"{prefix}_{part}", lower_is_better=None, on_train=prefix == "train",
                     )))
+        # several processes (accelerate): every process sees the mean losses before
+        # the finite-loss check and early stopping decide
+        callbacks.append(("sync_losses", SyncEpochLosses(
+            ("train_loss", "valid_loss", "train_value_mse", "train_mask_bce",
+             "valid_value_mse", "valid_mask_bce"))))
+        callbacks.append(("finite_loss", _FiniteLoss()))
         if self.early_stopping:
             callbacks.append(("early_stopping", EarlyStopping(
                 monitor="valid_loss", patience=self.n_iter_no_change, threshold=self.tol,
@@ -481,7 +517,7 @@ class TabularPretrainer(TransformerMixin, BaseEstimator):
             callbacks.append(("progress_bar", ProgressBar()))
         return callbacks
 
-    def _make_net(self, module, dataset, train_idx, valid_idx, seed, device):
+    def _make_net(self, module, dataset, train_idx, valid_idx, seed, device, accelerator=None):
         train_split = None
         if valid_idx is not None:
             from skorch.helper import predefined_split
@@ -506,16 +542,23 @@ class TabularPretrainer(TransformerMixin, BaseEstimator):
         }
         extra = dict(self.net_kwargs or {})
         callbacks = self._callbacks() + list(extra.pop("callbacks", None) or [])
+        net_cls = _PretrainNet
+        if accelerator is not None:
+            net_cls = accelerated(_PretrainNet)
+            kwargs.update(device=None, accelerator=accelerator)
+            if not self.verbose:
+                kwargs["callbacks__print_log__sink"] = silent
         kwargs.update(extra)
         kwargs["callbacks"] = callbacks
         pool = dataset.X[torch.as_tensor(train_idx)]
-        return _PretrainNet(
+        return net_cls(
             module, method=self.method, mask_rate=float(self.mask_rate),
             temperature=float(self.temperature), pool=pool, corruption_seed=seed + 1,
             **kwargs,
         )
 
     @_fit_context(prefer_skip_nested_validation=True)
+    @one_fit_at_a_time
     @unchanged_on_error
     def fit(self, X, y=None):
         """Pretrain the encoder on the rows of ``X`` (no labels).
@@ -540,7 +583,7 @@ class TabularPretrainer(TransformerMixin, BaseEstimator):
             X = validate_data(self, X, reset=True, dtype=[np.float64, np.float32],
                               ensure_min_samples=2)
         hidden = self._check_hidden()
-        device = resolve_device(self.device)
+        accelerator, device = resolve_accelerator(self.accelerator, self.device, resolve_device)
         self._check_no_constant_columns(X)
         X64 = np.asarray(X, dtype=np.float64)
         mean, scale = X64.mean(axis=0), X64.std(axis=0)
@@ -551,10 +594,11 @@ class TabularPretrainer(TransformerMixin, BaseEstimator):
             module = _PretrainModule(encoder, X.shape[1], hidden[-1], self.method)
         train_idx, valid_idx = self._validation_split(len(X), seed)
         dataset = BatchDataset(torch.from_numpy(np.ascontiguousarray(X, dtype=np.float32)))
-        net = self._make_net(module, dataset, train_idx, valid_idx, seed, device)
+        net = self._make_net(module, dataset, train_idx, valid_idx, seed, device, accelerator)
         fit_seeded(net, dataset, train_idx, seed, device)
-        history = finish_fit(net, net.module_, "random initialisation")
-        encoder = net.module_.encoder
+        module = unwrap_module(net.module_)
+        history = finish_fit(net, module, "random initialisation")
+        encoder = module.encoder
         self.encoder_ = encoder
         self.mean_, self.scale_ = mean, scale
         self.n_features_out_ = hidden[-1]
