@@ -16,8 +16,10 @@ import functools
 import torch
 from skorch.callbacks import Callback
 
-__all__ = ["resolve_accelerator", "accelerated", "unwrap_module", "SyncEpochLosses",
-           "check_single_process_only", "compute_device", "silent"]
+from ._base import resolve_device
+
+__all__ = ["resolve_accelerator", "net_class", "accelerated", "unwrap_module",
+           "SyncEpochLosses", "check_single_process_only", "compute_device", "silent"]
 
 
 def _accelerator_cls():
@@ -32,7 +34,7 @@ def _accelerator_cls():
     return Accelerator
 
 
-def resolve_accelerator(accelerator, device, resolve_device):
+def resolve_accelerator(accelerator, device):
     """``(accelerator or None, device string)`` for one fit.
 
     ``accelerator`` is ``None`` (plain skorch on ``device``), an
@@ -157,6 +159,16 @@ class _AcceleratedFixes:
             return super()._initialize_accelerator()
         finally:
             self._criteria = criteria
+
+
+def net_class(net_cls, accelerator, verbose):
+    """The net class for one fit and the keyword arguments an accelerator adds."""
+    if accelerator is None:
+        return net_cls, {}
+    kwargs = {"device": None, "accelerator": accelerator}
+    if not verbose:
+        kwargs["callbacks__print_log__sink"] = silent
+    return accelerated(net_cls), kwargs
 
 
 @functools.cache

@@ -20,14 +20,12 @@ from torch import nn
 
 from ._accelerate import (
     SyncEpochLosses,
-    accelerated,
     check_single_process_only,
+    net_class,
     resolve_accelerator,
-    silent,
 )
 from ._base import (
     TransferEstimatorMixin,
-    resolve_device,
     seed_from_random_state,
     one_fit_at_a_time,
     unchanged_on_error,
@@ -309,7 +307,7 @@ class _BaseFineTuned(TransferEstimatorMixin, BaseEstimator):
         self
             The fitted estimator.
         """
-        accelerator, device = resolve_accelerator(self.accelerator, self.device, resolve_device)
+        accelerator, device = resolve_accelerator(self.accelerator, self.device)
         check_single_process_only(accelerator, unfreeze_every=self.unfreeze_every)
         data, y = validate_input(self, X, reset=True, y=y, y_kwargs=self._y_kwargs())
         if len(data) < 2:
@@ -451,12 +449,8 @@ class _BaseFineTuned(TransferEstimatorMixin, BaseEstimator):
         extra = dict(self.net_kwargs or {})
         # the user's callbacks come on top of ours (loss check, early stopping, ...)
         kwargs["callbacks"] = kwargs["callbacks"] + list(extra.pop("callbacks", None) or [])
-        net_cls = TransferNet
-        if accelerator is not None:
-            net_cls = accelerated(TransferNet)
-            kwargs.update(device=None, accelerator=accelerator)
-            if not self.verbose:
-                kwargs["callbacks__print_log__sink"] = silent
+        net_cls, accelerate_kwargs = net_class(TransferNet, accelerator, self.verbose)
+        kwargs.update(accelerate_kwargs)
         kwargs.update(extra)
         return net_cls(
             module, freeze_depth=depth, penalty=self.penalty, alpha=float(self.alpha),

@@ -40,15 +40,13 @@ from torch import nn
 
 from ._accelerate import (
     SyncEpochLosses,
-    accelerated,
     compute_device,
+    net_class,
     resolve_accelerator,
-    silent,
     unwrap_module,
 )
 from ._base import (
     one_fit_at_a_time,
-    resolve_device,
     seed_from_random_state,
     unchanged_on_error,
 )
@@ -428,7 +426,7 @@ class TabularPretrainer(TransformerMixin, BaseEstimator):
         "n_iter_no_change": [Interval(numbers.Integral, 1, None, closed="left")],
         "tol": [Interval(numbers.Real, 0, None, closed="left")],
         "random_state": ["random_state"],
-        "device": "no_validation",  # checked by resolve_device
+        "device": "no_validation",  # checked in fit (resolve_accelerator)
         "accelerator": "no_validation",  # checked in fit (accelerate is optional)
         "verbose": ["verbose"],
         "net_kwargs": [dict, None],
@@ -542,12 +540,8 @@ class TabularPretrainer(TransformerMixin, BaseEstimator):
         }
         extra = dict(self.net_kwargs or {})
         callbacks = self._callbacks() + list(extra.pop("callbacks", None) or [])
-        net_cls = _PretrainNet
-        if accelerator is not None:
-            net_cls = accelerated(_PretrainNet)
-            kwargs.update(device=None, accelerator=accelerator)
-            if not self.verbose:
-                kwargs["callbacks__print_log__sink"] = silent
+        net_cls, accelerate_kwargs = net_class(_PretrainNet, accelerator, self.verbose)
+        kwargs.update(accelerate_kwargs)
         kwargs.update(extra)
         kwargs["callbacks"] = callbacks
         pool = dataset.X[torch.as_tensor(train_idx)]
@@ -583,7 +577,7 @@ class TabularPretrainer(TransformerMixin, BaseEstimator):
             X = validate_data(self, X, reset=True, dtype=[np.float64, np.float32],
                               ensure_min_samples=2)
         hidden = self._check_hidden()
-        accelerator, device = resolve_accelerator(self.accelerator, self.device, resolve_device)
+        accelerator, device = resolve_accelerator(self.accelerator, self.device)
         self._check_no_constant_columns(X)
         X64 = np.asarray(X, dtype=np.float64)
         mean, scale = X64.mean(axis=0), X64.std(axis=0)
