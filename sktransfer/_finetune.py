@@ -37,6 +37,7 @@ from ._net import (
     BatchDataset,
     FiniteLossCheck,
     TransferNet,
+    check_net_kwargs,
     finish_fit,
     fit_seeded,
     holdout_split,
@@ -446,6 +447,7 @@ class _BaseFineTuned(TransferEstimatorMixin, BaseEstimator):
         if weighted:
             kwargs["criterion__reduction"] = "none"
         kwargs.update({f"optimizer__{k}": v for k, v in opt_kwargs.items()})
+        check_net_kwargs(self, kwargs, opt_cls, kwargs["criterion"])
         extra = dict(self.net_kwargs or {})
         # the user's callbacks come on top of ours (loss check, early stopping, ...)
         kwargs["callbacks"] = kwargs["callbacks"] + list(extra.pop("callbacks", None) or [])
@@ -674,8 +676,14 @@ class FineTunedClassifier(ClassifierMixin, _BaseFineTuned):
         over batches.
     net_kwargs : dict or None, default=None
         Extra keyword arguments for the internal ``skorch.NeuralNet`` (e.g.
-        ``{"iterator_train__num_workers": 2}``). ``{"callbacks": [...]}`` adds
-        skorch callbacks to sktransfer's own (loss check, early stopping).
+        ``{"iterator_train__num_workers": 2}``, ``{"optimizer__betas": (0.9,
+        0.99)}``, or another loss: ``{"criterion": torch.nn.HuberLoss,
+        "criterion__delta": 0.5}``). ``{"callbacks": [...]}`` adds skorch
+        callbacks to sktransfer's own (loss check, early stopping). Keys that an
+        estimator parameter controls (``lr``, ``max_epochs``,
+        ``optimizer__weight_decay``, ...), that sktransfer sets itself
+        (``train_split``, the collate functions), ``module__*`` (it would drop the
+        pretrained weights) and misspelt keys raise a ``ValueError``.
 
     Attributes
     ----------

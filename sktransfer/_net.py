@@ -13,6 +13,7 @@ the training loop, history and callbacks. We only override small stages:
 
 from __future__ import annotations
 
+import inspect
 import math
 import warnings
 
@@ -26,7 +27,7 @@ from ._inputs import InputData, make_batch
 from ._penalties import penalty_value
 
 __all__ = ["TransferNet", "BatchDataset", "FiniteLossCheck", "RollbackOnInterrupt",
-           "identity_collate", "holdout_split", "fit_seeded", "finish_fit"]
+           "identity_collate", "holdout_split", "fit_seeded", "finish_fit", "check_net_kwargs"]
 
 
 def identity_collate(batch):
@@ -144,6 +145,72 @@ class BatchDataset(torch.utils.data.Dataset):
     def __getitem__(self, index):  # pragma: no cover - DataLoader uses __getitems__
         Xb, yb = self.__getitems__([index])
         return Xb[0], yb[0]
+
+
+# skorch options that an estimator parameter sets under another name
+_PARAMETER_OF = {"optimizer__lr": "lr", "optimizer__weight_decay": "weight_decay",
+                 "optimizer__momentum": "momentum", "module": "model"}
+
+
+def _accepts(cls, name):
+    try:
+        params = inspect.signature(cls).parameters
+    except (TypeError, ValueError):  # pragma: no cover - builtins without a signature
+        return True
+    return name in params or any(p.kind is p.VAR_KEYWORD for p in params.values())
+
+
+def check_net_kwargs(estimator, managed, optimizer, criterion):
+    """Refuse ``net_kwargs`` entries that would silently override a parameter or
+    sktransfer's own settings, or that no part of the net accepts (a typo).
+
+    ``managed`` is the dict of skorch arguments the estimator sets itself.
+    ``callbacks`` add to sktransfer's own; the criterion may be replaced
+    (``"criterion"``) and configured (``criterion__*``) unless ``criterion`` is
+    ``None`` (the net computes its loss itself).
+    """
+    owner = type(estimator).__name__
+    params = estimator.get_params(deep=False)
+    net_params = inspect.signature(NeuralNet.__init__).parameters
+    net_kwargs = estimator.net_kwargs or {}
+    targets = {"iterator_train": torch.utils.data.DataLoader,
+               "iterator_valid": torch.utils.data.DataLoader,
+               "optimizer": optimizer}
+    if criterion is not None:
+        targets["criterion"] = net_kwargs.get("criterion", criterion)
+    for key in net_kwargs:
+        param = key if key in params else _PARAMETER_OF.get(key)
+        if param is not None:
+            raise ValueError(
+                f"net_kwargs sets {key!r}, which {owner} controls through its parameter "
+                f"{param!r}: pass {param}=... to {owner} instead, and remove {key!r} from "
+                "net_kwargs."
+            )
+        prefix, _, name = key.partition("__")
+        if prefix == "module":
+            raise ValueError(
+                f"net_kwargs sets {key!r}: skorch would rebuild the network from its class "
+                "and drop the pretrained weights. Configure the network before passing it "
+                f"as model=, and remove {key!r} from net_kwargs."
+            )
+        free = prefix == "callbacks" or (prefix == "criterion" and criterion is not None)
+        if not free and key in managed:
+            raise ValueError(
+                f"net_kwargs sets {key!r}, which {owner} sets itself for sktransfer to "
+                "work; it cannot be changed through net_kwargs."
+            )
+        if name and prefix in targets and not _accepts(targets[prefix], name.split("__")[0]):
+            raise ValueError(
+                f"net_kwargs has {key!r}, but {getattr(targets[prefix], '__name__', prefix)} "
+                f"takes no argument {name!r}: check the spelling."
+            )
+        if not name and key not in net_params:
+            raise ValueError(
+                f"net_kwargs has {key!r}, which is not an argument of skorch's NeuralNet: "
+                "check the spelling. Nested options take a prefix, e.g. "
+                "'iterator_train__num_workers', 'optimizer__betas', "
+                "'criterion__label_smoothing'."
+            )
 
 
 class FiniteLossCheck(Callback):

@@ -55,6 +55,7 @@ from ._inputs import check_real, clearer_errors
 from ._net import (
     BatchDataset,
     RollbackOnInterrupt,
+    check_net_kwargs,
     finish_fit,
     fit_seeded,
     holdout_split,
@@ -331,7 +332,9 @@ class TabularPretrainer(TransformerMixin, BaseEstimator):
         0 silent; 1 skorch's table of losses per epoch; 2 also a progress bar.
     net_kwargs : dict or None, default=None
         Extra keyword arguments for the internal ``skorch.NeuralNet``;
-        ``{"callbacks": [...]}`` adds skorch callbacks to sktransfer's own.
+        ``{"callbacks": [...]}`` adds skorch callbacks to sktransfer's own. Keys
+        that a parameter controls or that sktransfer sets itself, and misspelt
+        keys, raise a ``ValueError`` (as in :class:`FineTunedClassifier`).
 
     Attributes
     ----------
@@ -538,6 +541,8 @@ class TabularPretrainer(TransformerMixin, BaseEstimator):
             "device": device,
             "verbose": int(self.verbose),
         }
+        # the criterion is unused (get_loss computes the pretext loss): not replaceable
+        check_net_kwargs(self, kwargs, kwargs["optimizer"], None)
         extra = dict(self.net_kwargs or {})
         callbacks = self._callbacks() + list(extra.pop("callbacks", None) or [])
         net_cls, accelerate_kwargs = net_class(_PretrainNet, accelerator, self.verbose)

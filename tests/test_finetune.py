@@ -324,6 +324,40 @@ def test_net_kwargs_callbacks_add_to_ours(tabular_source):
     assert calls
 
 
+@pytest.mark.parametrize("net_kwargs, message", [
+    ({"lr": 0.1}, "controls through its parameter 'lr': pass lr=..."),
+    ({"max_epochs": 3}, "parameter 'max_epochs'"),
+    ({"optimizer__weight_decay": 1.0}, "parameter 'weight_decay'"),
+    ({"module__width": 4}, "drop the pretrained weights"),
+    ({"train_split": None}, "'train_split', which FineTunedRegressor sets itself"),
+    ({"iterator_train__collate_fn": None}, "sets itself"),
+    ({"max_epoch": 3}, "'max_epoch', which is not an argument of skorch's NeuralNet"),
+    ({"iterator_train__num_wrkers": 2}, "DataLoader takes no argument 'num_wrkers'"),
+    ({"optimizer__bettas": (0.9, 0.99)}, "AdamW takes no argument 'bettas'"),
+    ({"criterion__deltta": 1.0}, "MSELoss takes no argument 'deltta'"),
+    ({"criterion": nn.HuberLoss, "criterion__deltta": 1.0},
+     "HuberLoss takes no argument 'deltta'"),
+])
+def test_net_kwargs_never_override_parameters_silently(tabular_source, net_kwargs, message):
+    X, y = tabular_source["X_source"][:40], tabular_source["y_source"][:40, 0]
+    est = FineTunedRegressor(model=tabular_source["net"], max_epochs=1, net_kwargs=net_kwargs,
+                             **CPU)
+    with pytest.raises(ValueError, match=message):
+        est.fit(X, y)
+
+
+def test_net_kwargs_configure_the_criterion_and_the_optimizer(tabular_source):
+    X, y = tabular_source["X_source"][:200], tabular_source["y_source"][:200, 0] * 10
+    kw = dict(model=tabular_source["net"], max_epochs=2, random_state=0, penalty=None, **CPU)
+    mse = FineTunedRegressor(**kw).fit(X, y)
+    huber = FineTunedRegressor(**kw, net_kwargs={"criterion": nn.HuberLoss,
+                                                 "criterion__delta": 0.5}).fit(X, y)
+    # the Huber loss of the same first-epoch errors is far smaller than their MSE
+    assert huber.history_[0]["train_loss"] < 0.5 * mse.history_[0]["train_loss"]
+    betas = FineTunedRegressor(**kw, net_kwargs={"optimizer__betas": (0.5, 0.9)}).fit(X, y)
+    assert not np.array_equal(betas.predict(X), mse.predict(X))
+
+
 def test_default_split_in_wrong_order_names_split_model(digits):
     class Swapped(nn.Module):
         def __init__(self):

@@ -273,3 +273,15 @@ def test_keyboard_interrupt_keeps_the_last_completed_epoch(table):
             "callbacks": [InterruptAt(3, 2)]}, **kw).fit(X)
     assert stopped.n_iter_ == 2
     np.testing.assert_array_equal(stopped.transform(X), two_epochs.transform(X))
+
+
+@pytest.mark.parametrize("net_kwargs, message", [
+    ({"lr": 0.1}, "controls through its parameter 'lr'"),
+    ({"criterion": torch.nn.MSELoss}, "'criterion', which TabularPretrainer sets itself"),
+    ({"iterator_train__batchsize": 8}, "DataLoader takes no argument 'batchsize'"),
+])
+def test_net_kwargs_never_override_parameters_silently(table, net_kwargs, message):
+    X = nonconstant(table[0][:64])
+    with pytest.raises(ValueError, match=message):
+        TabularPretrainer(hidden_layer_sizes=(8,), max_epochs=1, net_kwargs=net_kwargs,
+                          **CPU).fit(X)
