@@ -117,7 +117,12 @@ class _AcceleratedFixes:
       are done.
     * The accelerator keeps references to all it prepared; each fit's are
       dropped when the fit ends.
+
+    (And the fine-tuning penalty goes through autograd, see ``TransferNet``.)
     """
+
+    # accelerate's backward rescales the loss: the penalty must be in its graph
+    _penalty_by_autograd = True
 
     def fit(self, X, y=None, **fit_params):
         # the accelerator keeps a reference to everything it prepared (network,

@@ -8,7 +8,8 @@ the training loop, history and callbacks. We only override small stages:
   parameters are left out.
 * ``_set_training``: frozen blocks stay in eval mode (BatchNorm statistics do
   not move, Dropout is off) while the rest trains.
-* ``get_loss``: adds ``alpha * R(theta)`` on training batches only.
+* ``get_loss``: adds ``alpha * R(theta)`` on training batches only (its
+  gradient is added after the backward pass, ``train_step_single``).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from skorch.callbacks import Callback
 
 from ._accelerate import unwrap_module
 from ._inputs import InputData, make_batch
-from ._penalties import penalty_value
+from ._penalties import add_gradient, penalty_and_gradient, penalty_value
 
 __all__ = ["TransferNet", "BatchDataset", "FiniteLossCheck", "RollbackOnInterrupt",
            "identity_collate", "holdout_split", "fit_seeded", "finish_fit", "check_net_kwargs"]
@@ -403,7 +404,27 @@ class TransferNet(RollbackOnInterrupt, NeuralNet):
         if training:
             self.history.record_batch("train_data_loss", loss.item())
         if training and self.penalty is not None and self.alpha > 0:
-            reg = penalty_value(self.penalty, *self._penalty_params())
+            if self._penalty_by_autograd:
+                reg = penalty_value(self.penalty, *self._penalty_params())
+            else:
+                # R's gradient is added after the backward pass (train_step_single);
+                # R itself, without a graph, only joins the reported objective
+                reg, *self._penalty_grad = penalty_and_gradient(
+                    self.penalty, *self._penalty_params())
             if reg is not None:
                 loss = loss + self.alpha * reg
         return loss
+
+    #: Under accelerate the penalty goes through autograd: its backward rescales
+    #: the loss (mixed precision, gradient accumulation), which a gradient added
+    #: by hand would miss.
+    _penalty_by_autograd = False
+    _penalty_grad = None
+
+    def train_step_single(self, batch, **fit_params):
+        step = super().train_step_single(batch, **fit_params)
+        if self._penalty_grad is not None:
+            params, grads = self._penalty_grad
+            self._penalty_grad = None
+            add_gradient(params, grads, self.alpha)
+        return step

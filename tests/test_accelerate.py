@@ -46,11 +46,12 @@ def data():
 
 
 @pytest.mark.parametrize("params", [
-    {},
-    {"freeze_depth": 1},  # frozen-prefix cache on the accelerator's device
-    {"early_stopping": True, "n_iter_no_change": 2},
+    {"penalty": None},
+    {"penalty": None, "freeze_depth": 1},  # frozen-prefix cache on the accelerator's device
+    {"penalty": None, "early_stopping": True, "n_iter_no_change": 2},
+    {"penalty": None, "unfreeze_every": 2, "class_weight": "balanced"},
+    {},  # the default penalty, l2_sp
     {"penalty": "l2_sp", "alpha": 0.5, "lr_schedule": "cosine"},
-    {"unfreeze_every": 2, "class_weight": "balanced"},
 ])
 def test_accelerated_fit_equals_plain_fit(data, params):
     X, y, source = data
@@ -58,8 +59,15 @@ def test_accelerated_fit_equals_plain_fit(data, params):
     plain = FineTunedClassifier(device="cpu", **kwargs).fit(X, y)
     accelerator = Accelerator(cpu=True)
     acc = FineTunedClassifier(accelerator=accelerator, **kwargs).fit(X, y)
-    np.testing.assert_array_equal(acc.predict_proba(X), plain.predict_proba(X))
-    assert [r["train_loss"] for r in acc.history_] == [r["train_loss"] for r in plain.history_]
+    losses = [r["train_loss"] for r in acc.history_], [r["train_loss"] for r in plain.history_]
+    if params.get("penalty", "l2_sp") is None:
+        np.testing.assert_array_equal(acc.predict_proba(X), plain.predict_proba(X))
+        assert losses[0] == losses[1]
+    else:
+        # under accelerate the penalty's gradient comes from autograd, in the plain
+        # fit it is added directly: the same steps up to rounding
+        np.testing.assert_allclose(acc.predict_proba(X), plain.predict_proba(X), rtol=1e-5)
+        np.testing.assert_allclose(*losses, rtol=1e-6)
     assert acc.device_ == "cpu"
     # the fitted network is unwrapped again: a plain BlockNet, ready to pickle
     assert type(acc.module_).__name__ == "BlockNet"
@@ -67,7 +75,7 @@ def test_accelerated_fit_equals_plain_fit(data, params):
     assert not (accelerator._models or accelerator._optimizers or accelerator._schedulers
                 or accelerator._dataloaders)
     again = pickle.loads(pickle.dumps(acc))
-    np.testing.assert_array_equal(again.predict_proba(X), plain.predict_proba(X))
+    np.testing.assert_array_equal(again.predict_proba(X), acc.predict_proba(X))
 
 
 def test_regressor_and_pretrainer_accelerated(data):

@@ -625,3 +625,41 @@ def test_same_random_state_same_search_results_for_any_n_jobs(tabular_source):
     np.testing.assert_allclose(results[0].cv_results_["mean_test_score"],
                                results[1].cv_results_["mean_test_score"], rtol=1e-5)
     assert results[0].best_params_ == results[1].best_params_
+
+
+@pytest.mark.parametrize("params", [
+    {"penalty": "l2_sp", "alpha": 0.3},
+    {"penalty": "l2", "alpha": 0.3},
+    {"penalty": "l1", "alpha": 0.01},
+    {"penalty": "l2_sp", "alpha": 0.3, "unfreeze_every": 1, "freeze_depth": 0},
+    {"penalty": "l2_sp", "alpha": 0.3, "freeze_depth": 1, "optimizer": "sgd"},
+])
+def test_penalty_gradient_added_directly_equals_autograd(source_cnn, digits, monkeypatch,
+                                                         params):
+    """The fast path (R's gradient added after backward, no graph) takes the same
+    steps as differentiating ``loss + alpha * R`` with autograd."""
+    from sktransfer._net import TransferNet
+
+    X, y = digits["X_target"][:96], digits["y_target"][:96]
+    kw = dict(model=source_cnn, max_epochs=3, lr=3e-3, backbone_lr_scale=1.0,
+              random_state=0, **CPU, **params)
+    direct = FineTunedClassifier(**kw).fit(X, y)
+    monkeypatch.setattr(TransferNet, "_penalty_by_autograd", True)
+    graph = FineTunedClassifier(**kw).fit(X, y)
+    np.testing.assert_allclose(direct.predict_proba(X), graph.predict_proba(X),
+                               rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose([r["train_loss"] for r in direct.history_],
+                               [r["train_loss"] for r in graph.history_], rtol=1e-5)
+
+
+def test_blocks_waiting_to_be_unfrozen_get_no_penalty_step(source_cnn, digits):
+    """With gradual unfreezing, a block still frozen must not move, even with the
+    penalty and AdamW's weight decay (which would act on any parameter with a
+    gradient)."""
+    X, y = digits["X_target"][:64], digits["y_target"][:64]
+    est = FineTunedClassifier(model=source_cnn, penalty="l2_sp", alpha=1.0, weight_decay=0.1,
+                              unfreeze_every=5, max_epochs=2, random_state=0, **CPU).fit(X, y)
+    ref = split_model(copy.deepcopy(source_cnn))
+    for b_new, b_ref in zip(est.module_.blocks, ref.blocks):
+        for p, q in zip(b_new.parameters(), b_ref.parameters()):
+            assert torch.equal(p, q)  # only the head trained in these 2 epochs
