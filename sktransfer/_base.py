@@ -14,7 +14,7 @@ from sklearn.base import BaseEstimator, clone
 from torch import nn
 
 from ._blocks import check_split_matches
-from ._inputs import iter_batches, make_batch
+from ._inputs import ImagePreprocess, image_mode, iter_batches, make_batch
 from ._weights import resolve_model
 
 __all__ = ["TransferEstimatorMixin", "resolve_device", "seed_from_random_state",
@@ -205,18 +205,20 @@ class TransferEstimatorMixin:
             return resolve_model(self.model, self.weights)
 
     def _preprocess_fn(self, resolved):
+        """The per-image (or uint8 batch) transform: image files and PIL images
+        first become the network's mode (``image_mode``), then ``preprocess``."""
         preprocess = self.preprocess
         if isinstance(preprocess, str):
             if preprocess != "auto":
                 raise ValueError(
                     f"preprocess={preprocess!r} is not valid; use 'auto', None or a callable."
                 )
-            return resolved.preprocess
-        if preprocess is None or callable(preprocess):
-            return preprocess
-        raise TypeError(
-            f"preprocess must be 'auto', None or a callable, got {type(preprocess).__name__}."
-        )
+            preprocess = resolved.preprocess
+        elif not (preprocess is None or callable(preprocess)):
+            raise TypeError(
+                f"preprocess must be 'auto', None or a callable, got {type(preprocess).__name__}."
+            )
+        return ImagePreprocess(preprocess, image_mode(resolved.net))
 
     def _probe(self, resolved, data, preprocess, seed):
         """Run two samples through the net: materialise lazy layers, check the split.

@@ -118,7 +118,9 @@ class FeatureExtractorTransformer(TransferEstimatorMixin, TransformerMixin, Base
         Image preprocessing for uint8 image arrays and image files/PIL images:
         ``"auto"`` uses the torchvision weights' own transforms when they are
         known (else scales pixels to ``[0, 1]``); a callable receives a PIL image
-        (files) or a uint8 tensor batch ``(n, C, H, W)`` (arrays). Float arrays and
+        (files), already in the mode the network's first convolution takes
+        (``"RGB"`` for 3 channels, ``"L"`` for 1), or a uint8 tensor batch
+        ``(n, C, H, W)`` (arrays). Float arrays and
         tables are passed to the network as they are. The weights' transforms
         resize to the size the network was trained at (224 for most ImageNet
         models); for small images, ``ResNet18_Weights.DEFAULT.transforms(

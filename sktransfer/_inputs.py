@@ -24,7 +24,7 @@ import torch
 from sklearn.utils.validation import check_array, validate_data
 
 __all__ = ["InputData", "validate_input", "iter_batches", "n_samples", "check_real",
-           "clearer_errors"]
+           "clearer_errors", "ImagePreprocess", "image_mode"]
 
 
 @dataclass
@@ -262,6 +262,44 @@ def n_samples(data):
     return len(data.data)
 
 
+def image_mode(net):
+    """The PIL mode that image files and PIL images become for ``net``.
+
+    ``"L"`` (grayscale) or ``"RGB"`` when the network's first convolution takes
+    1 or 3 channels; ``None`` when that is unknown (no convolution, or another
+    channel count): then grayscale and RGB images keep their mode and any other
+    mode becomes RGB. The same rule holds for files and PIL images.
+    """
+    for module in net.modules():
+        channels = getattr(module, "in_channels", None)
+        if isinstance(channels, int):
+            return {1: "L", 3: "RGB"}.get(channels)
+    return None
+
+
+class ImagePreprocess:
+    """Convert PIL images to the network's mode, then apply ``inner`` (if any).
+
+    Tensors (uint8 image arrays) go to ``inner`` unchanged.
+    """
+
+    def __init__(self, inner=None, mode=None):
+        self.inner = inner.inner if isinstance(inner, ImagePreprocess) else inner
+        self.mode = mode
+
+    def __call__(self, x):
+        from PIL import Image
+
+        if isinstance(x, Image.Image):
+            target = self.mode or (x.mode if x.mode in ("L", "RGB") else "RGB")
+            if x.mode != target:
+                x = x.convert(target)
+        return x if self.inner is None else self.inner(x)
+
+    def __repr__(self):
+        return f"ImagePreprocess(inner={self.inner!r}, mode={self.mode!r})"
+
+
 def _load_image(item):
     from PIL import Image
 
@@ -270,8 +308,8 @@ def _load_image(item):
         if not os.path.isfile(path):
             raise FileNotFoundError(f"Image file {path!r} does not exist.")
         with Image.open(path) as img:
-            return img.convert("RGB")
-    return item.convert("RGB") if item.mode not in ("RGB", "L") else item
+            return img.copy()  # read now: the file closes here
+    return item
 
 
 def _to_float_image(batch):
@@ -282,15 +320,13 @@ def _to_float_image(batch):
 def _image_batch(items, preprocess):
     from torchvision.transforms.functional import pil_to_tensor
 
+    if not isinstance(preprocess, ImagePreprocess):
+        preprocess = ImagePreprocess(preprocess)  # the mode rule holds without a network too
     tensors = []
     for item in items:
-        img = _load_image(item)
-        if preprocess is not None:
-            t = preprocess(img)
-            if not isinstance(t, torch.Tensor):
-                t = pil_to_tensor(t)
-        else:
-            t = pil_to_tensor(img)
+        t = preprocess(_load_image(item))
+        if not isinstance(t, torch.Tensor):
+            t = pil_to_tensor(t)
         if t.dtype == torch.uint8:
             t = _to_float_image(t)
         tensors.append(t)

@@ -345,6 +345,40 @@ def test_rgba_pil_images_are_converted(rgb_images):
     assert_close(out, run(net, nhwc_to_float(rgb_images[:3])))
 
 
+def test_files_and_pil_images_take_the_networks_channels(rgb_images, tmp_path):
+    """One rule for files and PIL images: they become the mode the network's first
+    convolution takes (3 channels: RGB, 1: grayscale), whatever mode they come in."""
+    gray = [Image.fromarray(img).convert("L") for img in rgb_images[:4]]
+    rgb = [Image.fromarray(img) for img in rgb_images[:4]]
+    palette = [img.convert("P") for img in rgb]
+    gray_paths = write_pngs([np.asarray(g) for g in gray], tmp_path)
+    gray_as_rgb = np.stack([np.asarray(g.convert("RGB")) for g in gray])
+
+    net3 = make_cnn(in_channels=3)
+    expected = run(net3, nhwc_to_float(gray_as_rgb))
+    for X in (gray, gray_paths):  # L images and L files
+        assert_close(fx_for(net3).fit(X).transform(X), expected)
+    mixed = gray[:2] + [g.convert("RGB") for g in gray[2:]]  # L and RGB in one list
+    assert_close(fx_for(net3).fit(mixed).transform(mixed), expected)
+
+    net1 = make_cnn(in_channels=1)
+    as_gray = np.stack([np.asarray(img.convert("L")) for img in rgb])[..., None]
+    expected = run(net1, nhwc_to_float(as_gray))
+    (tmp_path / "rgb").mkdir()
+    rgb_paths = write_pngs(rgb_images[:4], tmp_path / "rgb")
+    for X in (rgb, rgb_paths):  # RGB images and files for a grayscale network
+        assert_close(fx_for(net1).fit(X).transform(X), expected)
+    expected_p = run(net1, nhwc_to_float(
+        np.stack([np.asarray(p.convert("L")) for p in palette])[..., None]))
+    assert_close(fx_for(net1).fit(palette).transform(palette), expected_p)
+
+    # no convolution to ask: L stays L (1 channel), for files and PIL alike
+    mlp = nn.Sequential(nn.Flatten(), nn.Linear(64, 5), nn.ReLU(), nn.Linear(5, 2))
+    expected = run(mlp, np.stack([np.asarray(g) for g in gray])[:, None] / 255.0)
+    for X in (gray, gray_paths):
+        assert_close(fx_for(mlp).fit(X).transform(X), expected)
+
+
 def test_missing_image_file(rgb_images, tmp_path):
     paths = write_pngs(rgb_images[:2], tmp_path)
     missing = tmp_path / "nope.png"
