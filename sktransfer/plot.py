@@ -65,7 +65,8 @@ def _fmt_values(values):
     for v in values:
         if isinstance(v, (bool, np.bool_, numbers.Integral)) or not isinstance(v, numbers.Real):
             out.append(str(v))
-        elif sci and v != 0:
+        elif sci and v != 0 and not (float(v).is_integer() and 1 <= abs(v) < 1e4):
+            # a whole number stays as typed: 1, not 1e0, next to 1e-4
             mantissa, exp = f"{v:.3e}".split("e")
             out.append(f"{mantissa.rstrip('0').rstrip('.')}e{int(exp)}")
         else:

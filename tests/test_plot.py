@@ -267,3 +267,12 @@ def test_missing_matplotlib_says_how_to_install(monkeypatch, fitted, search, cal
         monkeypatch.setitem(sys.modules, name, None)
     with pytest.raises(ImportError, match=r'pip install "sktransfer\[plot\]"'):
         call(fitted, search)
+
+
+def test_search_value_labels_read_as_typed():
+    from sktransfer.plot import _fmt_values
+
+    assert _fmt_values([1e-4, 1e-2, 1.0]) == ["1e-4", "1e-2", "1"]
+    assert _fmt_values([0.0, 1e-5, 1e5, 10.0]) == ["0", "1e-5", "1e5", "10"]
+    assert _fmt_values([0.001, 0.1, 1.0]) == ["0.001", "0.1", "1"]
+    assert _fmt_values([0, 1, "all"]) == ["0", "1", "all"]
