@@ -598,7 +598,7 @@ class FineTunedClassifier(ClassifierMixin, _BaseFineTuned):
         (at least one), then anneals; ``"onecycle"`` (per batch) rises from 1/25
         of the rate to the full rate over the first 30% of the steps, then anneals
         to 1e-4 of it. ``history_`` records ``lr``, the head's rate as each epoch
-        starts.
+        starts. With early stopping, training can end before the schedule does.
     max_epochs : int, default=50
         Maximum number of passes over the training data.
     batch_size : int, default=32
