@@ -104,7 +104,7 @@ _PREPARED = ("_models", "_optimizers", "_schedulers", "_dataloaders")
 
 
 class _AcceleratedFixes:
-    """Three fixes to skorch's ``AccelerateMixin`` for several processes.
+    """Fixes to skorch's ``AccelerateMixin`` (the first two show with several processes).
 
     * It prepares every criterion that is an ``nn.Module``; on several CPU
       processes accelerate then wraps a parameter-free loss in distributed data
