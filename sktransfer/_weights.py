@@ -335,14 +335,26 @@ def resolve_model(model, weights=None):
                 "weights must be None when model is a fitted sktransfer estimator: its "
                 "fitted network already carries the weights."
             )
-        source = model.__sktransfer_model__()
+        from sklearn.exceptions import NotFittedError
+
+        try:
+            source = model.__sktransfer_model__()
+        except NotFittedError as exc:
+            name = type(getattr(model, "estimator", model)).__name__
+            raise NotFittedError(
+                f"model is an unfitted {name}: fit it on the source task first. If it was "
+                "fitted, a scikit-learn tool cloned it: GridSearchCV clones grid values, "
+                "and a clone is unfitted. Wrap each fitted source in "
+                "sklearn.frozen.FrozenEstimator, which clones as itself: "
+                "{'net__model': [FrozenEstimator(source_a), FrozenEstimator(source_b)]}."
+            ) from exc
         net = copy.deepcopy(source.net)
         return ResolvedModel(
             net=net,
             original=None,
             preprocess=source.preprocess,
             input_shape=source.input_shape,
-            description=f"fitted {type(model).__name__}",
+            description=f"fitted {type(getattr(model, 'estimator', model)).__name__}",
             extra=dict(source.extra),
         )
     if isinstance(model, str):

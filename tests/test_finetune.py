@@ -449,6 +449,29 @@ def test_chaining_source_regressor_to_target_classifier(tabular_source):
     assert np.all(np.isfinite(search.cv_results_["mean_test_score"]))
 
 
+def test_grid_search_over_fitted_sources(tabular_source):
+    """Grid values are cloned, and a clone is unfitted: FrozenEstimator keeps each
+    fitted source as it is, and the unwrapped form says so."""
+    from sklearn.exceptions import NotFittedError
+    from sklearn.frozen import FrozenEstimator
+
+    Xs, ys = tabular_source["X_source"][:600], tabular_source["y_source"][:600]
+    sources = [FineTunedRegressor(
+        model=lambda: nn.Sequential(nn.Linear(20, 16), nn.ReLU(), nn.Linear(16, 4)),
+        penalty=None, backbone_lr_scale=1.0, max_epochs=3, random_state=seed, **CPU,
+    ).fit(Xs, ys) for seed in (0, 1)]
+    Xt, yt = tabular_source["X_target"][:120], tabular_source["y_target"][:120]
+    target = FineTunedClassifier(model=sources[0], max_epochs=2, random_state=0, **CPU)
+    search = GridSearchCV(target, {"model": [FrozenEstimator(s) for s in sources]}, cv=2,
+                          error_score="raise").fit(Xt, yt)
+    for i, source in enumerate(sources):
+        direct = cross_val_score(clone(target).set_params(model=source), Xt, yt, cv=2)
+        np.testing.assert_array_equal(
+            [search.cv_results_[f"split{k}_test_score"][i] for k in range(2)], direct)
+    with pytest.raises(NotFittedError, match=r"unfitted FineTunedRegressor.*FrozenEstimator"):
+        GridSearchCV(target, {"model": sources}, cv=2, error_score="raise").fit(Xt, yt)
+
+
 # -- the real transfer test ---------------------------------------------------------
 
 
