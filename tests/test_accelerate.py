@@ -183,3 +183,16 @@ def test_two_processes_distributed_data_parallel(tmp_path):
     assert a["clf"]["weights"] == b["clf"]["weights"]
     assert a["pretrainer"]["weights"] == b["pretrainer"]["weights"]
     assert a["pretrainer"]["train_loss"] == b["pretrainer"]["train_loss"]
+
+
+def test_accelerate_example_runs(tmp_path):
+    """examples/accelerate_fit.py is not run by the docs gallery (it is meant for
+    ``accelerate launch``): run it here, in one CPU process."""
+    import re
+
+    script = Path(__file__).parents[1] / "examples" / "accelerate_fit.py"
+    proc = subprocess.run([sys.executable, str(script), "--cpu"], capture_output=True,
+                          text=True, timeout=300, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    accuracy = float(re.search(r"test accuracy (\d\.\d+)", proc.stdout).group(1))
+    assert accuracy > 0.85, proc.stdout
