@@ -342,7 +342,7 @@ def resolve_model(model, weights=None):
         except NotFittedError as exc:
             name = type(getattr(model, "estimator", model)).__name__
             raise NotFittedError(
-                f"model is an unfitted {name}: fit it on the source task first. If it was "
+                f"model is an unfitted {name}: fit it on the source data first. If it was "
                 "fitted, a scikit-learn tool cloned it: GridSearchCV clones grid values, "
                 "and a clone is unfitted. Wrap each fitted source in "
                 "sklearn.frozen.FrozenEstimator, which clones as itself: "

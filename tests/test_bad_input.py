@@ -340,7 +340,8 @@ _MODEL_COMMON = [
     ("model-single-linear", {"model": "@linear"},
      (ValueError, r"Cannot split a Linear without child modules")),
     ("model-unfitted-estimator", {"model": "@unfitted"},
-     (NotFittedError, r"This FineTunedClassifier instance is not fitted yet\. Call 'fit'")),
+     (NotFittedError, r"model is an unfitted FineTunedClassifier: fit it on the source data "
+                      r"first.*FrozenEstimator")),
     ("model-nan-weights", {"model": "@nan"},
      (ValueError, r"gives NaN or infinite features for the first samples of X.*Check the "
                   r"model's weights")),
@@ -702,7 +703,7 @@ FUNCTION_CASES = [
     ("list_blocks-factory-not-module", lambda m: list_blocks(lambda: 3), None,
      (TypeError, r"returned a int, not an nn\.Module")),
     ("list_blocks-unfitted-estimator", lambda m: list_blocks(m), "@unfitted",
-     (NotFittedError, r"This FineTunedClassifier instance is not fitted yet")),
+     (NotFittedError, r"model is an unfitted FineTunedClassifier: fit it on the source")),
     ("list_blocks-weights-name-for-module", lambda m: list_blocks(m, weights="DEFAULT"),
      "@tab", (ValueError, r"weights='DEFAULT' looks like a torchvision weights name")),
     ("list_blocks-weights-missing-file", lambda m: list_blocks(m, weights="/no/w.pt"),

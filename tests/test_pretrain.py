@@ -248,7 +248,7 @@ def test_wrong_feature_count_and_bad_parameters(pretrained, table):
         TabularPretrainer(method="vime", **CPU).fit(X)
     with pytest.raises(ValueError, match="mask_rate"):
         TabularPretrainer(mask_rate=1.0, **CPU).fit(X)
-    with pytest.raises(NotFittedError, match="TabularPretrainer instance is not fitted"):
+    with pytest.raises(NotFittedError, match="model is an unfitted TabularPretrainer: fit it"):
         FineTunedClassifier(model=TabularPretrainer(), **CPU).fit(X, np.arange(20) % 2)
 
 
