@@ -8,6 +8,7 @@ selection tools.
 from ._blocks import BlockNet, list_blocks, split_model
 from ._extract import FeatureExtractorTransformer
 from ._finetune import FineTunedClassifier, FineTunedRegressor
+from ._prefix_cache import clear_cache
 from ._pretrain import TabularPretrainer
 from ._weights import WeightsUnavailableError
 
@@ -19,6 +20,7 @@ __all__ = [
     "FineTunedClassifier",
     "FineTunedRegressor",
     "WeightsUnavailableError",
+    "clear_cache",
     "list_blocks",
     "split_model",
     "TabularPretrainer",

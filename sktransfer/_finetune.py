@@ -18,6 +18,7 @@ from sklearn.utils.validation import check_is_fitted
 from skorch.callbacks import EarlyStopping, PassthroughScoring, ProgressBar
 from torch import nn
 
+from . import _prefix_cache as prefix_cache
 from ._accelerate import (
     SyncEpochLosses,
     check_single_process_only,
@@ -394,12 +395,26 @@ class _BaseFineTuned(TransferEstimatorMixin, BaseEstimator):
                         "the frozen blocks run on every batch instead."
                     )
                 return raw, 0
+            # an earlier fit with the same frozen blocks on the same data (a grid
+            # search over alpha, lr, ...) already computed them
+            key = prefix_cache.prefix_key(module.blocks[:depth], data, preprocess,
+                                          self.batch_size, device)
+            cached = prefix_cache.lookup(key)
+            if cached is not None and tuple(cached.shape) == (len(data), *shape):
+                if self.verbose:
+                    print(
+                        f"Frozen-prefix cache on: outputs of the {depth} frozen blocks "
+                        f"reused from an earlier fit on the same data ({n_bytes / 2**20:.1f}"
+                        f" MB); training starts at block {depth}."
+                    )
+                return cached, depth
             cached = torch.empty((len(data), *shape), dtype=torch.float32, device=device)
             start = 0
             for batch in iter_batches(data, self.batch_size, preprocess, device):
                 out = module.forward_features(batch, stop=depth)
                 cached[start:start + len(out)] = out
                 start += len(out)
+            prefix_cache.store(key, cached, self.cache_size * 2**20)
         if self.verbose:
             print(
                 f"Frozen-prefix cache on: outputs of the {depth} frozen blocks computed once "
@@ -651,6 +666,11 @@ class FineTunedClassifier(ClassifierMixin, _BaseFineTuned):
         the frozen blocks on every batch, much faster. When the outputs would
         need more than ``cache_size`` MB (on ``device``), the frozen blocks run on
         every batch instead (``verbose`` says so). ``0`` turns the cache off.
+        The outputs are also kept between fits (at most ``cache_size`` MB per
+        process, least recently used first out), keyed by the frozen blocks'
+        weights, the data, the preprocessing, ``batch_size`` and the device: a
+        later fit with the same frozen prefix, as in a grid search over
+        ``alpha`` or ``lr``, reuses them. :func:`sktransfer.clear_cache` frees them.
     random_state : int, RandomState or None, default=None
         Seeds a model built by a class or factory, the new head, the shuffling,
         dropout and the validation split: the same seed and data give identical

@@ -101,3 +101,82 @@ def test_uint8_images_are_cached_after_preprocessing(digits):
     a = FineTunedClassifier(**params).fit(X, y).predict_proba(X)
     b = FineTunedClassifier(**params, cache_size=0).fit(X, y).predict_proba(X)
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+
+
+# -- outputs kept between fits ---------------------------------------------------------
+
+
+def _fit_counting(net, X, y, **params):
+    CountingConv.calls = 0
+    est = FineTunedClassifier(model=net, max_epochs=2, random_state=0, device="cpu",
+                              **params).fit(X, y)
+    return est, CountingConv.calls
+
+
+def test_fits_with_the_same_frozen_prefix_share_its_outputs(net, digits, capsys):
+    from sklearn.model_selection import GridSearchCV
+
+    from sktransfer import clear_cache
+
+    X, y = digits["X_target"][:100], digits["y_target"][:100]
+    clear_cache()
+    first, calls_first = _fit_counting(net, X, y, freeze_depth=2, alpha=1e-3)
+    again, calls_again = _fit_counting(net, X, y, freeze_depth=2, alpha=1e-3, verbose=1)
+    assert calls_first >= 100 and calls_again <= 3  # the probe and the shape sample only
+    assert "reused from an earlier fit" in capsys.readouterr().out
+    np.testing.assert_array_equal(again.predict_proba(X), first.predict_proba(X))
+    # another alpha, same prefix: a hit, and the result of a fresh computation
+    other, calls_other = _fit_counting(net, X, y, freeze_depth=2, alpha=1.0)
+    assert calls_other <= 3
+    clear_cache()
+    fresh, _ = _fit_counting(net, X, y, freeze_depth=2, alpha=1.0)
+    np.testing.assert_array_equal(other.predict_proba(X), fresh.predict_proba(X))
+    # a search over alpha computes the frozen blocks once per fold (and refit)
+    clear_cache()
+    CountingConv.calls = 0
+    GridSearchCV(FineTunedClassifier(model=net, freeze_depth=2, max_epochs=1, random_state=0,
+                                     device="cpu"),
+                 {"alpha": [1e-3, 1e-2, 1e-1, 1.0]}, cv=2).fit(X, y)
+    fits = 4 * 2 + 1
+    # per fit the probe and the shape sample; the frozen blocks once per fold (50
+    # samples each) and for the refit (100); the scoring of 8 fits on 50 samples
+    assert CountingConv.calls <= 3 * fits + (50 + 50 + 100) + 8 * 50
+    # (without the kept outputs, each of the 9 fits runs them: 8 * 50 + 100 more)
+
+
+def test_changed_weights_or_data_do_not_reuse_outputs(net, digits):
+    import copy
+
+    from sktransfer import clear_cache
+
+    X, y = digits["X_target"][:100], digits["y_target"][:100]
+    clear_cache()
+    _fit_counting(net, X, y, freeze_depth=1)
+    changed = copy.deepcopy(net)
+    with torch.no_grad():
+        changed[0].weight.mul_(1.5)  # the first (frozen) block's weights
+    est, calls = _fit_counting(changed, X, y, freeze_depth=1)
+    assert calls >= 100
+    plain = FineTunedClassifier(model=changed, freeze_depth=1, max_epochs=2, random_state=0,
+                                device="cpu", cache_size=0).fit(X, y)
+    np.testing.assert_allclose(est.predict_proba(X), plain.predict_proba(X), rtol=1e-4,
+                               atol=1e-5)
+    X2 = X.copy()
+    X2[0, 0, 0, 0] += 0.5  # one pixel differs
+    _, calls = _fit_counting(net, X2, y, freeze_depth=1)
+    assert calls >= 100
+    _, calls = _fit_counting(net, X, y, freeze_depth=1, batch_size=16)  # batch size is in the key
+    assert calls >= 100
+
+
+def test_kept_outputs_stay_within_cache_size(net, digits):
+    from sktransfer import _prefix_cache, clear_cache
+
+    X, y = digits["X_target"][:100], digits["y_target"][:100]
+    clear_cache()
+    one = 4 * 100 * 8 * 12 * 12  # the outputs of block 0 (the conv; BatchNorm is block 1)
+    budget = 1.5 * one / 2**20
+    _fit_counting(net, X, y, freeze_depth=1, cache_size=budget)
+    _fit_counting(net, X[::-1].copy(), y[::-1].copy(), freeze_depth=1, cache_size=budget)
+    assert len(_prefix_cache._STORE) == 1  # the older entry was evicted
+    assert clear_cache() == 1 and clear_cache() == 0
