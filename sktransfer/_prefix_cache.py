@@ -52,7 +52,8 @@ def prefix_key(blocks, data, preprocess, batch_size, device):
     h.update(f"{data.kind}|{array.dtype}|{array.shape}".encode())
     h.update(memoryview(array).cast("B"))
     h.update(repr(preprocess).encode())
-    h.update(f"|{batch_size}|{device}".encode())
+    # the thread count too: on the CPU it can change the order of float sums
+    h.update(f"|{batch_size}|{device}|{torch.get_num_threads()}".encode())
     return h.hexdigest()
 
 
