@@ -12,7 +12,7 @@ from torch import nn
 
 from _common import best_time, images, machine, parse_args, report, resnet18, warm_up
 
-from sktransfer import FineTunedClassifier
+from sktransfer import FineTunedClassifier, clear_cache
 
 FROZEN = ("conv1.", "bn1.", "layer1.", "layer2.")
 
@@ -31,6 +31,8 @@ def skorch_freezer(X, y, epochs, device):
 
 
 def sktransfer_fit(X, y, epochs, device):
+    # every timed fit computes its frozen outputs: none kept from an earlier repeat
+    clear_cache()
     return FineTunedClassifier(
         model=resnet18(), freeze_depth=3, penalty=None, backbone_lr_scale=1.0, lr=1e-3,
         max_epochs=epochs, batch_size=32, random_state=0, device=device,
