@@ -27,8 +27,8 @@ from ._accelerate import (
 )
 from ._base import (
     TransferEstimatorMixin,
-    seed_from_random_state,
     one_fit_at_a_time,
+    seed_from_random_state,
     unchanged_on_error,
 )
 from ._blocks import check_freeze_depth, freeze_blocks
