@@ -55,7 +55,7 @@ def _digit_images():
 
 
 @validate_params(
-    {"X": ["array-like"], "y": ["array-like"], "n_per_class": _N_PER_CLASS,
+    {"X": ["array-like"], "y": ["array-like"], "n_per_class": _N_PER_CLASS + [dict],
      "random_state": ["random_state"]},
     prefer_skip_nested_validation=True,
 )
@@ -64,7 +64,8 @@ def split_per_class(X, y, n_per_class, *, random_state=None):
 
     :func:`~sklearn.model_selection.train_test_split` with ``stratify=y`` keeps
     the class *proportions*; a few-label experiment needs the same *count*
-    of every class, which this function draws (without replacement).
+    of every class (or a chosen count per class), which this function draws,
+    without replacement.
 
     Parameters
     ----------
@@ -72,8 +73,10 @@ def split_per_class(X, y, n_per_class, *, random_state=None):
         The samples (a table, an image array or a list).
     y : array-like of shape (n_samples,)
         Class labels.
-    n_per_class : int
-        Number of samples drawn from each class.
+    n_per_class : int or dict
+        Number of samples drawn from each class, or ``{label: count}`` for a
+        different count per class (an imbalanced draw; a class left out is
+        not drawn from).
     random_state : int, RandomState instance or None, default=None
         Seeds the draw: the same seed gives the same samples.
 
@@ -87,7 +90,8 @@ def split_per_class(X, y, n_per_class, *, random_state=None):
     Raises
     ------
     ValueError
-        If a class has fewer than ``n_per_class`` samples.
+        If a class has fewer than the requested number of samples, or a label
+        of the dict is not in ``y``.
 
     Examples
     --------
@@ -97,6 +101,8 @@ def split_per_class(X, y, n_per_class, *, random_state=None):
     >>> X_lab, X_rest, y_lab, y_rest = split_per_class(X, y, 2, random_state=0)
     >>> y_lab, y_rest
     (array([0, 0, 1, 1]), array([0, 0, 0, 0, 1, 1]))
+    >>> split_per_class(X, y, {0: 3, 1: 1}, random_state=0)[2]
+    array([0, 0, 0, 1])
     """
     check_consistent_length(X, y)
     y = np.asarray(y)
@@ -104,15 +110,29 @@ def split_per_class(X, y, n_per_class, *, random_state=None):
         raise ValueError(f"y must be 1-D class labels, got shape {y.shape}.")
     rng = check_random_state(random_state)
     classes, counts = np.unique(y, return_counts=True)
-    short = {c: n for c, n in zip(classes.tolist(), counts.tolist()) if n < n_per_class}
+    available = dict(zip(classes.tolist(), counts.tolist()))
+    if isinstance(n_per_class, dict):
+        wanted = {np.asarray(c).item(): n for c, n in n_per_class.items()}
+        unknown = set(wanted) - set(available)
+        if unknown:
+            raise ValueError(f"n_per_class names labels that are not in y: "
+                             f"{sorted(unknown, key=str)}; the classes are {list(available)}.")
+        bad = {c: n for c, n in wanted.items()
+               if not isinstance(n, numbers.Integral) or isinstance(n, bool) or n < 0}
+        if bad:
+            raise ValueError(f"n_per_class counts must be ints >= 0, got {bad}.")
+    else:
+        wanted = dict.fromkeys(available, n_per_class)
+    short = {c: available[c] for c, n in wanted.items() if available[c] < n}
     if short:
         raise ValueError(
             f"n_per_class={n_per_class} but these classes have fewer samples: {short} "
-            f"(class: count). Pass n_per_class <= {counts.min()}."
+            f"(class: count). Ask for at most {min(short.values())} of them."
         )
     idx = np.concatenate([
-        rng.choice(np.flatnonzero(y == c), n_per_class, replace=False) for c in classes
-    ])
+        rng.choice(np.flatnonzero(y == c), wanted[c], replace=False)
+        for c in classes.tolist() if c in wanted
+    ] + [np.zeros(0, dtype=int)])
     rest = np.setdiff1d(np.arange(len(y)), idx)
     return _safe_indexing(X, idx), _safe_indexing(X, rest), y[idx], y[rest]
 

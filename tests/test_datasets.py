@@ -126,7 +126,7 @@ def test_split_per_class_counts_and_rest():
 
 def test_split_per_class_errors():
     y = np.array([0] * 5 + [1] * 3)
-    with pytest.raises(ValueError, match=r"fewer samples: \{1: 3\}.*n_per_class <= 3"):
+    with pytest.raises(ValueError, match=r"fewer samples: \{1: 3\}.*at most 3"):
         split_per_class(np.zeros((8, 2)), y, 4)
     with pytest.raises(ValueError, match="n_per_class"):
         split_per_class(np.zeros((8, 2)), y, 0)
@@ -134,6 +134,22 @@ def test_split_per_class_errors():
         split_per_class(np.zeros((7, 2)), y, 1)
     with pytest.raises(ValueError, match="n_per_class"):
         load_shifted_digits(1000)
+    with pytest.raises(ValueError, match=r"not in y: \[7\]"):
+        split_per_class(np.zeros((8, 2)), y, {0: 1, 7: 1})
+    with pytest.raises(ValueError, match=r"ints >= 0, got \{0: -1\}"):
+        split_per_class(np.zeros((8, 2)), y, {0: -1})
+
+
+def test_split_per_class_imbalanced_draw():
+    y = np.repeat(["a", "b", "c"], 10)
+    X = np.arange(30)
+    X_lab, X_rest, y_lab, _ = split_per_class(X, y, {"a": 6, "c": 2}, random_state=0)
+    assert per_class(y_lab) == {"a": 6, "c": 2}
+    np.testing.assert_array_equal(y[X_lab], y_lab)
+    assert len(X_rest) == 22
+    # an equal count for every class draws the same samples as the int form
+    same = split_per_class(X, y, dict.fromkeys("abc", 3), random_state=1)[0]
+    np.testing.assert_array_equal(same, split_per_class(X, y, 3, random_state=1)[0])
 
 
 def test_digits_cnn_is_seeded_without_touching_global_rng():
