@@ -39,7 +39,7 @@ Methods (``--methods``; the registry ``METHODS`` maps a name to
 - ``probe``: StandardScaler + LogisticRegression(C=1) (Ridge(alpha=1) for
   regression) on the frozen penultimate features;
 - ``probe_cv``: the same with C chosen by LogisticRegressionCV (C in 1e-3 ..
-  1e3, 7 values, cv=3, log-loss, solver newton-cholesky) (RidgeCV: alpha in
+  1e3, 7 values, cv=3, log-loss) (RidgeCV: alpha in
   1e-3 .. 1e3, 13 values, efficient leave-one-out);
 - ``defaults``: ``FineTunedClassifier/Regressor(model=source,
   random_state=draw)``, nothing else set;
@@ -52,7 +52,8 @@ method (``defaults``, ``grid``); a method written ``defaults:lr=1e-3,max_epochs=
 is an extra row with its own settings (on top of ``--set``).
 
 Run: ``python benchmarks/bench_quality.py --n-jobs 2`` (``--quick`` to smoke-test,
-``--draws 3``, ``--tasks digits synth-reg``, ``--out results.json`` or ``.csv``).
+``--draws 3``, ``--tasks digits synth-reg``, ``--out results.json`` or ``.csv``,
+``--device cuda`` to train the target models on a GPU; sources train on the CPU).
 """
 
 from __future__ import annotations
@@ -152,13 +153,14 @@ class PlainSkorch(BaseEstimator):
     ``make_module(n_outputs)`` builds the network; the labels are encoded here."""
 
     def __init__(self, make_module, regression=False, lr=1e-3, max_epochs=60, batch_size=16,
-                 seed=0):
+                 seed=0, device="cpu"):
         self.make_module = make_module
         self.regression = regression
         self.lr = lr
         self.max_epochs = max_epochs
         self.batch_size = batch_size
         self.seed = seed
+        self.device = device
 
     def fit(self, X, y):
         X = np.asarray(X, dtype=np.float32)
@@ -172,7 +174,7 @@ class PlainSkorch(BaseEstimator):
         self.net_ = cls(self.make_module(n_out), criterion=criterion,
                         optimizer=torch.optim.Adam, lr=self.lr, max_epochs=self.max_epochs,
                         batch_size=self.batch_size, train_split=None,
-                        iterator_train__shuffle=True, verbose=0)
+                        iterator_train__shuffle=True, device=self.device, verbose=0)
         self.net_.fit(X, target)
         return self
 
@@ -214,6 +216,7 @@ class Task:
     network: object
     freeze_depths: tuple
     preprocess: object = None  # fitted transformer in front of the scratch network
+    device: str = "cpu"  # where every method trains (--device)
     sources: dict = field(default_factory=dict, repr=False)
 
     @property
@@ -331,7 +334,8 @@ def register(name, label, sktransfer=False):
 
 def _plain(task, draw, make_module, quick, preprocess=None):
     settings = dict(SKORCH, max_epochs=2) if quick else SKORCH
-    est = PlainSkorch(make_module, regression=task.regression, seed=draw.seed, **settings)
+    est = PlainSkorch(make_module, regression=task.regression, seed=draw.seed,
+                      device=task.device, **settings)
     return est if preprocess is None else make_pipeline(preprocess, est)
 
 
@@ -349,7 +353,7 @@ def finetune_all(task, draw, quick=False):
 
 
 def _probe(task, linear):
-    return make_pipeline(FeatureExtractorTransformer(model=task.source, device="cpu"),
+    return make_pipeline(FeatureExtractorTransformer(model=task.source, device=task.device),
                          StandardScaler(), linear)
 
 
@@ -363,16 +367,20 @@ def probe(task, draw, quick=False):
 def probe_cv(task, draw, quick=False):
     if task.regression:
         return _probe(task, RidgeCV(alphas=np.logspace(-3, 3, 13)))
-    # newton-cholesky: 64-256 features, a few dozen rows: 3-5x faster than lbfgs here
+    # newton-cholesky solves a (features x classes)^2 system: 3-5x faster than lbfgs on
+    # the 64 features x 5 classes of the digits, far slower on 256 x 10 (pretrain-5)
+    small = task.width * len(np.unique(draw.y_train)) <= 1000
     return _probe(task, LogisticRegressionCV(
         Cs=np.logspace(-1, 1, 3) if quick else np.logspace(-3, 3, 7), cv=3,
-        l1_ratios=(0.0,), scoring="neg_log_loss", solver="newton-cholesky", max_iter=1000,
-        use_legacy_attributes=False))
+        l1_ratios=(0.0,), scoring="neg_log_loss", max_iter=1000,
+        solver="newton-cholesky" if small else "lbfgs", use_legacy_attributes=False))
 
 
 def _sktransfer(task, draw, quick, params):
     cls = FineTunedRegressor if task.regression else FineTunedClassifier
-    params = dict({"max_epochs": 2} if quick else {}, **params)
+    # on the CPU, leave device at its default: the "defaults" row sets nothing else
+    params = {**({"max_epochs": 2} if quick else {}),
+              **({} if task.device == "cpu" else {"device": task.device}), **params}
     return cls(model=task.source, random_state=draw.seed, **params)
 
 
@@ -497,7 +505,7 @@ def main(argv=None):
     fitted = Parallel(n_jobs=args.n_jobs)(delayed(pretrain_source)(k, args.quick) for k in keys)
     sources = dict(zip(keys, fitted))
     for t in tasks:
-        t.sources = {t.source_key: sources[t.source_key]}
+        t.sources, t.device = {t.source_key: sources[t.source_key]}, args.device
     pretrain_s = time.perf_counter() - start
     jobs = [(t, seed, spec) for t in tasks for seed in range(draws) for spec in specs]
     rows = Parallel(n_jobs=args.n_jobs)(

@@ -38,18 +38,18 @@ def table_rows(text):
 
 def test_quick_run_has_every_row_and_column(bench, capsys):
     specs = list(bench.METHODS) + ["defaults:freeze_depth='all'"]
-    rows = bench.main(["--quick", "--draws", "2", "--tasks", "digits-5", "synth-reg",
+    rows = bench.main(["--quick", "--draws", "2", "--tasks", "synth-clf", "synth-reg",
                        "--methods", *specs])
     out = capsys.readouterr().out
     scores = out.split("Mean fit time")[0]
     header, table = table_rows(scores)
-    assert header == ["method", "digits-5", "synth-reg"]
+    assert header == ["method", "synth-clf", "synth-reg"]
     assert list(table) == [bench.label(s) for s in specs]
     assert "FineTuned defaults freeze_depth='all'" in table
     for cells in table.values():
         assert all("±" in cell for cell in cells)  # a mean and a std over 2 draws
     assert len(rows) == 2 * 2 * len(specs)
-    accuracies = [r["score"] for r in rows if r["task"] == "digits-5"]
+    accuracies = [r["score"] for r in rows if r["task"] == "synth-clf"]
     assert all(0 <= a <= 1 for a in accuracies)
     grid = [r for r in rows if r["method"] == "grid"]
     assert all(set(r["chosen"]) == {"freeze_depth", "alpha"} for r in grid)
