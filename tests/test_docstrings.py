@@ -11,6 +11,7 @@ MODULES = [
     "sktransfer._finetune",
     "sktransfer._pretrain",
     "sktransfer._weights",
+    "sktransfer.datasets",
     "sktransfer.metrics",
     "sktransfer.plot",
 ]
