@@ -215,7 +215,7 @@ class FeatureExtractorTransformer(TransferEstimatorMixin, TransformerMixin, Base
 
         Parameters
         ----------
-        X : array-like, DataFrame, image array or list of image paths / PIL images
+        X : array-like, DataFrame, image array, list of image paths / PIL images, or texts
             Training input; only its layout matters (nothing is learned).
         y : None
             Ignored.
@@ -270,7 +270,7 @@ class FeatureExtractorTransformer(TransferEstimatorMixin, TransformerMixin, Base
 
         Parameters
         ----------
-        X : array-like, DataFrame, image array or list of image paths / PIL images
+        X : array-like, DataFrame, image array, list of image paths / PIL images, or texts
             Same layout as in ``fit``.
 
         Returns

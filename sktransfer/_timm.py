@@ -365,12 +365,18 @@ def _neck(model, trunk_names, classifier):
     return _Neck(clone)
 
 
-def _groups(model):
-    """``id(parameter) -> group index`` from timm's coarse ``group_matcher``."""
+def _groups(model, steps):
+    """``id(parameter) -> group index`` from timm's coarse ``group_matcher``.
+
+    A model without one (or whose matcher fails) gets one group per trunk step.
+    """
     from timm.models import group_parameters
 
-    matcher = model.group_matcher(coarse=True)
-    by_name = group_parameters(model, matcher, reverse=True)
+    try:
+        matcher = model.group_matcher(coarse=True)
+        by_name = group_parameters(model, matcher, reverse=True)
+    except Exception:  # noqa: BLE001 - no usable grouping: the trunk's steps
+        return {id(p): i for i, (_, step) in enumerate(steps) for p in step.parameters()}, None
     params = dict(model.named_parameters())
     return {id(params[n]): g for n, g in by_name.items() if n in params}, matcher
 
@@ -433,7 +439,7 @@ def split_timm(model):
         steps, trunk_names, channels_last = vit, _VIT_TRUNK + ("blocks", "norm"), True
     else:
         steps, trunk_names = [(n, model.get_submodule(n)) for n in names], names
-    group_of, matcher = _groups(model)
+    group_of, matcher = _groups(model, steps)
     blocks = _group_blocks(_expand(steps, group_of), group_of, matcher)
     neck = _neck(model, trunk_names, classifier)
     covered = {id(p) for _, mods in blocks for m in mods for p in m.parameters()}

@@ -45,7 +45,10 @@ class WeightsUnavailableError(OSError):
     Raised by ``fit`` (and :func:`list_blocks`) for ``weights="DEFAULT"`` or another
     torchvision weights name when the machine is offline. The message names the
     file that was wanted, torchvision's cache folder, and how to pass a local
-    copy instead (``weights="/path/to/file.pth"``). It is an ``OSError``.
+    copy instead (``weights="/path/to/file.pth"``). It is an ``OSError``. The
+    same for timm's pretrained weights (``model="timm:<name>"``, a local file
+    instead) and Hugging Face hub models (``model="hf:<hub id>"``, a
+    ``save_pretrained`` directory instead).
 
     Examples
     --------

@@ -274,7 +274,7 @@ def test_missing_extra_names_the_install(monkeypatch):
 # --------------------------------------------------------------------------
 
 
-def test_grid_search_over_freeze_depth():
+def test_grid_search_over_freeze_depth(tmp_path):
     model = FAMILIES["resnet18"][0]()
     rng = np.random.RandomState(0)
     X = rng.rand(24, 3, 32, 32).astype(np.float32)
@@ -291,7 +291,13 @@ def test_grid_search_over_freeze_depth():
     # frozen blocks keep the timm model's weights bit for bit
     for name, p in best.module_.blocks[0].named_parameters():
         assert any(torch.equal(p, q) for q in reference.values()), name
-    assert best.predict_proba(X).shape == (24, 2)
+    proba = best.predict_proba(X)
+    assert proba.shape == (24, 2)
+    np.testing.assert_array_equal(pickle.loads(pickle.dumps(best)).predict_proba(X), proba)
+    path = tmp_path / "timm.safetensors"
+    best.save_weights(path)
+    again = FineTunedClassifier(model=model, device="cpu").load_weights(path)
+    np.testing.assert_array_equal(again.predict_proba(X), proba)
 
 
 def test_layer_decay_follows_the_blocks():
