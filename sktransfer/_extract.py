@@ -146,6 +146,9 @@ class FeatureExtractorTransformer(TransferEstimatorMixin, TransformerMixin, Base
         resize to the size the network was trained at (224 for most ImageNet
         models); for small images, ``ResNet18_Weights.DEFAULT.transforms(
         crop_size=64, resize_size=64)`` keeps the normalisation at a lower cost.
+        For ``model="timm:<name>"``, ``"auto"`` is timm's own evaluation transform;
+        for text models (``model="hf:..."``) it is the model's tokenizer, which
+        texts need: leave ``"auto"``.
     random_state : int, RandomState or None, default=None
         Seeds the initialisation of lazy layers (``nn.LazyLinear``) that the
         model materialises on its first batch, and of a model built by a class

@@ -350,8 +350,9 @@ def _tokenizer(preprocess):
     tokenize = preprocess.inner if isinstance(preprocess, ImagePreprocess) else preprocess
     if tokenize is None or not callable(tokenize):
         raise ValueError(
-            "Texts need the model's tokenizer, but preprocess=None: leave preprocess='auto' "
-            "for text models (model='hf:...')."
+            "Texts need the model's tokenizer, and there is none: pass model='hf:<directory>' "
+            "or a fitted text estimator (both keep their tokenizer), not a bare network, "
+            "and leave preprocess='auto'."
         )
     return tokenize
 

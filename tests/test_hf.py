@@ -241,6 +241,11 @@ def test_preprocess_none_is_refused_for_texts(bert_dir, texts):
     fx = FeatureExtractorTransformer(model=f"hf:{bert_dir}", preprocess=None, device="cpu")
     with pytest.raises(ValueError, match=r"tokenizer.*preprocess='auto'"):
         fx.fit(texts[0][:4])
+    # a fitted text network without its estimator has no tokenizer either
+    net = FeatureExtractorTransformer(model=f"hf:{bert_dir}", device="cpu").fit(
+        texts[0][:2]).module_
+    with pytest.raises(ValueError, match=r"no(ne| tokenizer).*model='hf:<directory>'"):
+        FeatureExtractorTransformer(model=net, device="cpu").fit(texts[0][:4])
 
 
 # --------------------------------------------------------------------------
