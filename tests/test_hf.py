@@ -331,6 +331,18 @@ def _frozen_state(module, n_blocks):
             if k.startswith(tuple(f"blocks.{i}." for i in range(n_blocks)))}
 
 
+def test_extraction_in_pipeline_and_grid_search(bert_dir, texts):
+    X, y = texts
+    pipe = Pipeline([("fx", FeatureExtractorTransformer(model=f"hf:{bert_dir}", device="cpu")),
+                     ("clf", LogisticRegression(max_iter=1000))])
+    search = GridSearchCV(pipe, {"fx__pooling": ["mean", "cls"], "fx__layer": [None, 1]},
+                          cv=2).fit(X, y)
+    assert len(search.cv_results_["params"]) == 4
+    proba = search.predict_proba(X)
+    again = pickle.loads(pickle.dumps(search))
+    np.testing.assert_array_equal(again.predict_proba(X), proba)
+
+
 def test_finetune_in_pipeline_and_grid_search(bert_dir, texts, tmp_path):
     X, y = texts
     pipe = Pipeline([("net", FineTunedClassifier(model=f"hf:{bert_dir}", max_epochs=3,
