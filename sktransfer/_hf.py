@@ -24,6 +24,13 @@ the mask with the states (one tensor per block is what a ``BlockNet``, skorch
 and the cache pass around). :func:`pool_tokens` turns it into one vector per
 text: ``"mean"`` (``"avg"``) over the real tokens, ``"cls"`` the first token,
 ``"max"`` over the real tokens.
+
+The model's own ``forward`` runs all layers at once (``output_hidden_states``
+returns every layer's output, but cannot start at a layer), so each layer is
+called as the model calls it, with the mask that
+``transformers.masking_utils.create_bidirectional_mask`` builds for the model's
+attention implementation; sentence-transformers' mean pooling is the same
+masked mean as :func:`pool_tokens` (not a dependency for one line).
 """
 
 from __future__ import annotations

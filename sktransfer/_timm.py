@@ -37,6 +37,11 @@ other operations between its children), the model is one block
 classifier: feature extraction and fine-tuning work, ``freeze_depth`` is then
 0 or ``"all"``. The outcome of the check depends only on the architecture, so
 it is computed once per architecture and process.
+
+Why not timm's ``forward_intermediates`` or its FX feature extractor: they
+return the outputs of chosen stages, but cannot *start* a forward pass at a
+stage, which freezing with the frozen-prefix cache and ``layer`` need (a
+``BlockNet`` runs blocks ``k..`` on cached outputs of blocks ``..k-1``).
 """
 
 from __future__ import annotations
