@@ -17,23 +17,38 @@ from ._base import (
     one_fit_at_a_time,
     unchanged_on_error,
 )
+from ._hf import is_text_net, pool_tokens
 from ._inputs import validate_input
 
 __all__ = ["FeatureExtractorTransformer", "pool_features", "resolve_layer"]
 
-_POOLINGS = ("avg", "max", "flatten")
+_POOLINGS = ("avg", "max", "flatten", "mean", "cls")
 
 
-def pool_features(x, pooling, channels_last=False):
+def pool_features(x, pooling, channels_last=False, token_mask=False):
     """Turn a block output into one vector per sample.
 
-    2-D outputs are returned as they are. Otherwise ``"avg"``/``"max"`` reduce
-    every axis except the batch and the channel axis (axis 1, or the last axis
-    when ``channels_last``, as for transformer tokens ``(n, tokens, dim)``), and
-    ``"flatten"`` keeps everything.
+    2-D outputs are returned as they are. Otherwise ``"avg"`` (``"mean"``)/``"max"``
+    reduce every axis except the batch and the channel axis (axis 1, or the last
+    axis when ``channels_last``, as for transformer tokens ``(n, tokens, dim)``),
+    ``"cls"`` takes the first token of a token sequence, and ``"flatten"`` keeps
+    everything. ``token_mask``: the output of a text encoder, whose last channel
+    is the attention mask (see ``_hf.pool_tokens``): padding is left out.
     """
+    if token_mask:
+        return pool_tokens(x, pooling)
     if x.ndim == 2:
         return x
+    if pooling == "cls":
+        if not (channels_last and x.ndim == 3):
+            raise ValueError(
+                f"pooling='cls' takes the first token of a transformer's output "
+                f"(n, tokens, dim), but this layer outputs shape {tuple(x.shape)}; use "
+                "pooling='avg', 'max' or 'flatten'."
+            )
+        return x[:, 0]
+    if pooling == "mean":
+        pooling = "avg"
     if pooling == "flatten":
         return x.reshape(x.shape[0], -1)
     if channels_last:
@@ -97,8 +112,10 @@ class FeatureExtractorTransformer(TransferEstimatorMixin, TransformerMixin, Base
     ----------
     model : str, nn.Module, callable or fitted sktransfer estimator, default=None
         The pretrained network: a torchvision architecture name (``"resnet18"``),
-        an ``nn.Module`` (never modified), a class or zero-argument callable
-        returning one, or a fitted sktransfer estimator. Required.
+        ``"timm:<name>"`` (a timm model), ``"hf:<directory or hub id>"`` (a Hugging
+        Face text encoder: ``X`` is then a sequence of strings), an ``nn.Module``
+        (never modified), a class or zero-argument callable returning one, or a
+        fitted sktransfer estimator. Required.
     weights : str, path or None, default=None
         ``None`` keeps the module's weights; a torchvision weights name
         (``"DEFAULT"``, ``"IMAGENET1K_V1"``) for string models; or a local
@@ -108,8 +125,12 @@ class FeatureExtractorTransformer(TransferEstimatorMixin, TransformerMixin, Base
         "penultimate" features), an int block index (negative counts from the
         end), a block name (see :func:`list_blocks`), or ``"head"`` for the
         pretrained head's output.
-    pooling : {"avg", "max", "flatten"}, default="avg"
-        How a spatial map (or a sequence of tokens) becomes a vector.
+    pooling : {"avg", "mean", "max", "cls", "flatten"}, default="avg"
+        How a spatial map (or a sequence of tokens) becomes a vector: ``"avg"``
+        (or its synonym ``"mean"``) and ``"max"`` over the spatial axes or the
+        tokens, ``"cls"`` the first token of a transformer's output, ``"flatten"``
+        every value. For texts (``model="hf:..."``) the padding tokens are left
+        out, and ``layer=None`` pools the last layer.
     batch_size : int, default=64
         Samples per forward pass; memory use is bounded by it, not by ``len(X)``.
     device : str, default="auto"
@@ -125,6 +146,9 @@ class FeatureExtractorTransformer(TransferEstimatorMixin, TransformerMixin, Base
         resize to the size the network was trained at (224 for most ImageNet
         models); for small images, ``ResNet18_Weights.DEFAULT.transforms(
         crop_size=64, resize_size=64)`` keeps the normalisation at a lower cost.
+        For ``model="timm:<name>"``, ``"auto"`` is timm's own evaluation transform;
+        for text models (``model="hf:..."``) it is the model's tokenizer, which
+        texts need: leave ``"auto"``.
     random_state : int, RandomState or None, default=None
         Seeds the initialisation of lazy layers (``nn.LazyLinear``) that the
         model materialises on its first batch, and of a model built by a class
@@ -194,7 +218,7 @@ class FeatureExtractorTransformer(TransferEstimatorMixin, TransformerMixin, Base
 
         Parameters
         ----------
-        X : array-like, DataFrame, image array or list of image paths / PIL images
+        X : array-like, DataFrame, image array, list of image paths / PIL images, or texts
             Training input; only its layout matters (nothing is learned).
         y : None
             Ignored.
@@ -215,6 +239,8 @@ class FeatureExtractorTransformer(TransferEstimatorMixin, TransformerMixin, Base
                 "layer='head' but this model has no head (it is an encoder); use "
                 "layer=None for its output."
             )
+        if stop is None and is_text_net(net):
+            stop = len(net.blocks)  # texts: the last layer, pooled by ``pooling``
         self._probe(resolved, data, preprocess, seed)
         net.requires_grad_(False)
         net.eval()
@@ -234,9 +260,11 @@ class FeatureExtractorTransformer(TransferEstimatorMixin, TransformerMixin, Base
         channels_last = getattr(net, "channels_last", False)
         sub = data if stop is None else type(data)(data.data[:stop], data.kind)
 
+        token_mask = is_text_net(net)
+
         def features(batch):
             out = net(batch) if self._after_head else net.forward_features(batch, stop=self._stop)
-            return pool_features(out, self.pooling, channels_last)
+            return pool_features(out, self.pooling, channels_last, token_mask)
 
         return self._map_batches(sub, features).numpy()
 
@@ -245,7 +273,7 @@ class FeatureExtractorTransformer(TransferEstimatorMixin, TransformerMixin, Base
 
         Parameters
         ----------
-        X : array-like, DataFrame, image array or list of image paths / PIL images
+        X : array-like, DataFrame, image array, list of image paths / PIL images, or texts
             Same layout as in ``fit``.
 
         Returns

@@ -33,7 +33,7 @@ from ._base import (
 )
 from ._blocks import check_freeze_depth, freeze_blocks
 from ._extract import pool_features
-from ._inputs import iter_batches, make_batch, validate_input
+from ._inputs import iter_batches, make_batch, padded_to_longest, validate_input
 from ._net import (
     BatchDataset,
     FiniteLossCheck,
@@ -383,6 +383,7 @@ class _BaseFineTuned(TransferEstimatorMixin, BaseEstimator):
                 )
             return raw, 0
         module.eval()
+        data = padded_to_longest(data, preprocess)  # texts: one length for every output
         with torch.no_grad():
             sample = make_batch(data, 0, 1, preprocess).to(device)
             shape = tuple(module.forward_features(sample, stop=depth).shape[1:])
@@ -579,7 +580,9 @@ class FineTunedClassifier(ClassifierMixin, _BaseFineTuned):
     Parameters
     ----------
     model : str, nn.Module, callable or fitted sktransfer estimator, default=None
-        The pretrained network: a torchvision architecture name, an
+        The pretrained network: a torchvision architecture name, ``"timm:<name>"``,
+        ``"hf:<directory or hub id>"`` (a text encoder: ``X`` is a sequence of
+        strings, and the new head sits on the mean of the last layer's tokens), an
         ``nn.Module`` (never modified), a class or zero-argument callable returning
         one, or a fitted sktransfer estimator (source -> target chaining).
     weights : str, path or None, default=None

@@ -48,9 +48,16 @@ def prefix_key(blocks, data, preprocess, batch_size, device):
         for name, t in block.state_dict().items():
             h.update(name.encode())
             _update_with_tensor(h, t)
-    array = np.ascontiguousarray(data.data)
-    h.update(f"{data.kind}|{array.dtype}|{array.shape}".encode())
-    h.update(memoryview(array).cast("B"))
+    if data.kind == "text":  # strings: their UTF-8 bytes, each with its length
+        h.update(f"text|{len(data.data)}|{data.pad_to}".encode())
+        for text in data.data:
+            raw = text.encode("utf-8", "surrogatepass")
+            h.update(len(raw).to_bytes(8, "little"))
+            h.update(raw)
+    else:
+        array = np.ascontiguousarray(data.data)
+        h.update(f"{data.kind}|{array.dtype}|{array.shape}".encode())
+        h.update(memoryview(array).cast("B"))
     h.update(repr(preprocess).encode())
     # the thread count too: on the CPU it can change the order of float sums
     h.update(f"|{batch_size}|{device}|{torch.get_num_threads()}".encode())

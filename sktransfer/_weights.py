@@ -6,7 +6,11 @@ Accepted ``model`` values:
   ``torchvision.models.get_model``;
 * an ``nn.Module`` instance (deep-copied: the user's module is never modified);
 * a class or zero-argument callable returning an ``nn.Module``;
-* a fitted sktransfer estimator (anything with ``__sktransfer_model__``).
+* a fitted sktransfer estimator (anything with ``__sktransfer_model__``);
+* ``"timm:<name>"``: a timm image model (``_timm.py``); a timm module instance is
+  split the same way;
+* ``"hf:<directory or hub id>"``: a Hugging Face ``transformers`` text encoder
+  with its tokenizer (``_hf.py``).
 
 ``weights``: ``None``, a torchvision weights name (``"DEFAULT"``,
 ``"IMAGENET1K_V1"``) for string models, or a path to a local state-dict file
@@ -41,7 +45,10 @@ class WeightsUnavailableError(OSError):
     Raised by ``fit`` (and :func:`list_blocks`) for ``weights="DEFAULT"`` or another
     torchvision weights name when the machine is offline. The message names the
     file that was wanted, torchvision's cache folder, and how to pass a local
-    copy instead (``weights="/path/to/file.pth"``). It is an ``OSError``.
+    copy instead (``weights="/path/to/file.pth"``). It is an ``OSError``. The
+    same for timm's pretrained weights (``model="timm:<name>"``, a local file
+    instead) and Hugging Face hub models (``model="hf:<hub id>"``, a
+    ``save_pretrained`` directory instead).
 
     Examples
     --------
@@ -312,6 +319,32 @@ def _first_linear_in_features(net):
     return None
 
 
+_SOURCES = ("timm:", "hf:")
+
+
+def _is_timm(module):
+    from ._timm import is_timm_model
+
+    return is_timm_model(module)
+
+
+def _resolve_source(model, weights):
+    """``"timm:<name>"`` or ``"hf:<directory or hub id>"``."""
+    kind, _, name = model.partition(":")
+    if kind == "timm":
+        from ._timm import build_timm, input_size, split_timm, timm_preprocess
+
+        module, description = build_timm(name, weights)
+        return ResolvedModel(net=split_timm(module), original=module,
+                             preprocess=timm_preprocess(module), input_shape=input_size(module),
+                             description=description)
+    from ._hf import build_hf
+
+    net, preprocess, description = build_hf(name, weights)
+    return ResolvedModel(net=net, original=None, preprocess=preprocess, input_shape=None,
+                         description=description)
+
+
 def resolve_model(model, weights=None):
     """Build a private, split copy of the pretrained network.
 
@@ -357,6 +390,8 @@ def resolve_model(model, weights=None):
             description=f"fitted {type(getattr(model, 'estimator', model)).__name__}",
             extra=dict(source.extra),
         )
+    if isinstance(model, str) and model.startswith(_SOURCES):
+        return _resolve_source(model, weights)
     if isinstance(model, str):
         module, preprocess, input_shape = _build_torchvision(model, weights)
         description = model if weights is None else f"{model} ({weights})"
@@ -389,6 +424,11 @@ def resolve_model(model, weights=None):
     if isinstance(module, BlockNet):
         net = module
         original = None
+    elif _is_timm(module):
+        from ._timm import input_size, split_timm, timm_preprocess
+
+        preprocess, input_shape = timm_preprocess(module), input_size(module)
+        net, original = split_timm(module), module
     else:
         net = split_model(module)
         original = module
