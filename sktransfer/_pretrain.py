@@ -56,7 +56,7 @@ from ._base import (
     unchanged_on_error,
 )
 from ._blocks import BlockNet
-from ._inputs import check_missing, check_real, clearer_errors
+from ._inputs import check_missing, check_real, clearer_errors, source_nan_columns
 from ._net import (
     BatchDataset,
     RollbackOnInterrupt,
@@ -206,8 +206,7 @@ def _corrupt(x, pool, mask_rate, generator):
         rows = (torch.rand((n, d), generator=generator) * counts).long()
         rows = torch.minimum(rows, (counts - 1).clamp(min=0))
     mask, rows = mask.to(x.device), rows.to(x.device)
-    if pool.n_observed is not None:
-        mask = mask | torch.isnan(x)  # a missing cell is always replaced
+    mask = mask | torch.isnan(x)  # a missing cell is always replaced
     replacement = torch.gather(pool.values, 0, rows)  # [i, j] = pool[rows[i, j], j]
     return torch.where(mask, replacement, x), mask.to(x.dtype)
 
@@ -718,10 +717,10 @@ class TabularPretrainer(TransformerMixin, BaseEstimator):
         """
         check_is_fitted(self, "encoder_")
         check_real(X, "X", "TabularPretrainer", what=_TABLE)
-        nan_columns = self.encoder_.blocks[0][0].nan_columns
+        nan_columns = source_nan_columns(self.encoder_)
         with clearer_errors("X"):
             X = validate_data(self, X, reset=False, dtype=[np.float32, np.float64],
-                              ensure_all_finite="allow-nan" if nan_columns.any() else True)
+                              ensure_all_finite=True if nan_columns is None else "allow-nan")
         check_missing(X, nan_columns, self)
         out = np.empty((len(X), self.n_features_out_), dtype=np.float32)
         with torch.inference_mode():

@@ -190,6 +190,14 @@ def test_pretraining_on_rows_with_missing_cells(missing_table, nan_pretrainer, m
     np.testing.assert_allclose(emb, pre.transform(filled), rtol=1e-5, atol=1e-5)
 
 
+def test_early_stopping_on_rows_with_missing_cells(missing_table):
+    X, _ = missing_table
+    pre = TabularPretrainer(early_stopping=True, validation_fraction=0.2,
+                            **{**SMALL, "max_epochs": 2}).fit(X[:400])
+    assert all(np.isfinite(row["valid_loss"]) and np.isfinite(row["valid_value_mse"])
+               for row in pre.history_)
+
+
 def test_estimators_on_the_pretrainer_accept_nan_where_it_saw_nan(missing_table,
                                                                   nan_pretrainer):
     X, y = missing_table
