@@ -21,9 +21,10 @@ EXAMPLES_DIR = ROOT_DIR / "examples"
 # checkout work too.
 sys.path.insert(0, str(ROOT_DIR))
 
-# The gallery runs every examples/plot_*.py: fast mode, no display. Set before
+# The gallery runs every examples/plot_*.py: fast mode unless asked otherwise
+# (SKTRANSFER_EXAMPLE_FAST=0 builds the full-size gallery), no display. Set before
 # sphinx-gallery (and matplotlib) are imported so the examples inherit them.
-os.environ["SKTRANSFER_EXAMPLE_FAST"] = "1"
+os.environ.setdefault("SKTRANSFER_EXAMPLE_FAST", "1")
 os.environ["MPLBACKEND"] = "Agg"
 
 import matplotlib  # noqa: E402

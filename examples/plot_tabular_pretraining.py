@@ -91,8 +91,9 @@ print(f"{'fast' if FAST else 'full'} mode: {N_REPEATS} draw(s) of the labelled r
 # A quarter of the rows is held out for testing; the other rows are the
 # unlabeled pool the encoder is pretrained on, and the few labelled rows are
 # drawn from it. A few pixels are blank in every training row: constant
-# columns carry no information (and ``TabularPretrainer`` refuses them), so
-# they are dropped, from the test rows too.
+# columns carry no information (``TabularPretrainer`` would accept them, with
+# scale 1 and no loss on them, as in :ref:`sphx_glr_auto_examples_plot_tabular_missing_values.py`),
+# so they are dropped, from the test rows too.
 
 digits = load_digits()
 X_pool, X_test, y_pool, y_test = train_test_split(

@@ -18,7 +18,7 @@ from ._base import (
     unchanged_on_error,
 )
 from ._hf import is_text_net, pool_tokens
-from ._inputs import validate_input
+from ._inputs import source_nan_columns, validate_input
 
 __all__ = ["FeatureExtractorTransformer", "pool_features", "resolve_layer"]
 
@@ -228,7 +228,8 @@ class FeatureExtractorTransformer(TransferEstimatorMixin, TransformerMixin, Base
         self : FeatureExtractorTransformer
         """
         device = resolve_device(self.device)
-        data = validate_input(self, X, reset=True)
+        data = validate_input(self, X, reset=True,
+                              nan_columns=source_nan_columns(self.model))
         seed = seed_from_random_state(self.random_state)
         resolved = self._resolve_pretrained(seed)
         preprocess = self._preprocess_fn(resolved)
@@ -281,7 +282,8 @@ class FeatureExtractorTransformer(TransferEstimatorMixin, TransformerMixin, Base
         X_new : ndarray of shape (n_samples, ``n_features_out_``), dtype float32
         """
         check_is_fitted(self, "module_")
-        data = validate_input(self, X, reset=False)
+        data = validate_input(self, X, reset=False,
+                              nan_columns=source_nan_columns(self.module_))
         return self._features(data)
 
     def get_feature_names_out(self, input_features=None):
@@ -304,7 +306,8 @@ class FeatureExtractorTransformer(TransferEstimatorMixin, TransformerMixin, Base
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
-        tags.input_tags.allow_nan = False
+        # a TabularPretrainer fitted on rows with missing cells fills them itself
+        tags.input_tags.allow_nan = source_nan_columns(self.model) is not None
         tags.requires_fit = True
         tags.transformer_tags.preserves_dtype = ["float32"]
         return tags

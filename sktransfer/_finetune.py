@@ -33,7 +33,13 @@ from ._base import (
 )
 from ._blocks import check_freeze_depth, freeze_blocks
 from ._extract import pool_features
-from ._inputs import iter_batches, make_batch, padded_to_longest, validate_input
+from ._inputs import (
+    iter_batches,
+    make_batch,
+    padded_to_longest,
+    source_nan_columns,
+    validate_input,
+)
 from ._net import (
     BatchDataset,
     FiniteLossCheck,
@@ -311,7 +317,8 @@ class _BaseFineTuned(TransferEstimatorMixin, BaseEstimator):
         """
         accelerator, device = resolve_accelerator(self.accelerator, self.device)
         check_single_process_only(accelerator, unfreeze_every=self.unfreeze_every)
-        data, y = validate_input(self, X, reset=True, y=y, y_kwargs=self._y_kwargs())
+        data, y = validate_input(self, X, reset=True, y=y, y_kwargs=self._y_kwargs(),
+                                 nan_columns=source_nan_columns(self.model))
         if len(data) < 2:
             raise ValueError(
                 f"{type(self).__name__} needs at least 2 samples to fine-tune, got "
@@ -484,7 +491,8 @@ class _BaseFineTuned(TransferEstimatorMixin, BaseEstimator):
     def _outputs(self, X):
         """Raw network outputs for ``X`` (float32 tensor on the CPU)."""
         check_is_fitted(self, "module_")
-        data = validate_input(self, X, reset=False)
+        data = validate_input(self, X, reset=False,
+                              nan_columns=source_nan_columns(self.module_))
         return self._map_batches(data, self.module_)
 
     def save_weights(self, path):
@@ -563,7 +571,8 @@ class _BaseFineTuned(TransferEstimatorMixin, BaseEstimator):
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
-        tags.input_tags.allow_nan = False
+        # a TabularPretrainer fitted on rows with missing cells fills them itself
+        tags.input_tags.allow_nan = source_nan_columns(self.model) is not None
         tags.non_deterministic = self.random_state is None
         return tags
 

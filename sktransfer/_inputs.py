@@ -28,7 +28,8 @@ import torch
 from sklearn.utils.validation import check_array, validate_data
 
 __all__ = ["InputData", "validate_input", "iter_batches", "n_samples", "check_real",
-           "clearer_errors", "ImagePreprocess", "image_mode", "padded_to_longest"]
+           "clearer_errors", "ImagePreprocess", "image_mode", "padded_to_longest",
+           "source_nan_columns", "check_missing"]
 
 
 @dataclass
@@ -135,12 +136,59 @@ def clearer_errors(name="X"):
         raise ValueError(f"{msg}{sep}{hint}") from exc
 
 
-def validate_input(estimator, X, *, reset, y=None, y_kwargs=None):
+def source_nan_columns(model):
+    """The columns in which the network ``model`` fills missing cells itself, or ``None``.
+
+    A fitted ``TabularPretrainer``'s encoder starts with a standardisation that
+    fills NaN with the column mean, and knows the columns that had missing cells
+    in its ``fit`` rows (``nan_columns``); so do the networks built on it (a
+    fine-tuned estimator's ``module_``, a fitted estimator used as a source).
+    ``model`` is a network, a fitted sktransfer estimator (``FrozenEstimator``
+    included), or anything else (``None``: no NaN accepted).
+    """
+    from sklearn.exceptions import NotFittedError
+    from torch import nn
+
+    net = model
+    if not isinstance(model, nn.Module):
+        if isinstance(model, type) or not hasattr(model, "__sktransfer_model__"):
+            return None
+        try:
+            net = model.__sktransfer_model__().net
+        except NotFittedError:
+            return None
+    first = next((m for m in net.modules() if next(m.children(), None) is None), None)
+    columns = getattr(first, "nan_columns", None)
+    return columns if columns is not None and columns.any() else None
+
+
+def check_missing(X, nan_columns, estimator):
+    """Refuse NaN in the columns of a validated 2-D ``X`` outside ``nan_columns``."""
+    if nan_columns is None or X.ndim != 2 or X.shape[1] != len(nan_columns):
+        return  # no NaN allowed (validation refused it), or the width is checked later
+    bad = np.flatnonzero(np.isnan(X).any(axis=0) & ~nan_columns)
+    if bad.size:
+        name = type(estimator).__name__
+        names = getattr(estimator, "feature_names_in_", None)
+        which = [str(names[i]) for i in bad[:10]] if names is not None else bad[:10].tolist()
+        raise ValueError(
+            f"Input X contains NaN in column(s) {which}{' ...' if bad.size > 10 else ''}. "
+            f"{name} accepts missing cells only in the columns that had some in the rows "
+            f"{'it was' if name == 'TabularPretrainer' else 'its TabularPretrainer was'} "
+            "fitted on (its encoder learned to do without them there). Impute these "
+            "columns (e.g. "
+            "sklearn.impute.SimpleImputer in a Pipeline), or pretrain on rows that have "
+            "missing cells in them."
+        )
+
+
+def validate_input(estimator, X, *, reset, y=None, y_kwargs=None, nan_columns=None):
     """Validate ``X`` (and ``y``) the scikit-learn way; return ``InputData`` (and y).
 
     With ``reset=True`` (``fit``) it records ``n_features_in_`` (2-D input) or
     ``input_shape_`` (other arrays) and ``input_kind_``; with ``reset=False``
-    it checks that ``X`` matches what ``fit`` saw.
+    it checks that ``X`` matches what ``fit`` saw. ``nan_columns`` (from
+    :func:`source_nan_columns`): a table may hold NaN in these columns.
     """
     if y is None and y_kwargs is not None:
         raise ValueError(
@@ -200,17 +248,19 @@ def validate_input(estimator, X, *, reset, y=None, y_kwargs=None):
             kind = "array"
         return _finish(estimator, InputData(X, kind), X.shape[1:], reset, y, y_kwargs,
                        validated=True)
+    finite = True if nan_columns is None else "allow-nan"
     with clearer_errors("X"):
         if y is not None:
             X, y = validate_data(
                 estimator, X, y, reset=reset, dtype=[np.float32, np.float64],
-                ensure_all_finite=True, **(y_kwargs or {}),
+                ensure_all_finite=finite, **(y_kwargs or {}),
             )
         else:
             X = validate_data(
                 estimator, X, reset=reset, dtype=[np.float32, np.float64],
-                ensure_all_finite=True,
+                ensure_all_finite=finite,
             )
+    check_missing(X, nan_columns, estimator)
     return _finish(estimator, InputData(X, "tabular"), X.shape[1:], reset, y, y_kwargs,
                    validated=True)
 

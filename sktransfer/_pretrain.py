@@ -2,12 +2,15 @@
 
 Two pretext tasks, both built on the same corruption: each cell is replaced,
 with probability ``mask_rate``, by the value of the same column in a random
-training row (a draw from the column's empirical marginal distribution).
+training row (a draw from the column's empirical marginal distribution). A
+missing cell (NaN) is a cell that is always replaced, by an observed value of
+its column.
 
 * ``"masked"`` (VIME, Yoon et al. 2020): from the encoding of the corrupted
   row, one linear decoder predicts which cells were replaced (binary
   cross-entropy) and another the original, standardised values (mean squared
-  error).
+  error); both losses skip the cells nothing can be learned from (missing
+  cells, columns constant on the training rows).
 * ``"contrastive"`` (SCARF, Bahri et al. 2022): two independently corrupted
   views of each row go through the encoder and a projection head; InfoNCE
   (NT-Xent) pulls the two views of a row together and pushes the other rows of
@@ -26,11 +29,13 @@ from __future__ import annotations
 import copy
 import math
 import numbers
+import warnings
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from sklearn.base import BaseEstimator, TransformerMixin, _fit_context
+from sklearn.preprocessing import StandardScaler
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import _check_feature_names_in, check_is_fitted, validate_data
 from skorch import NeuralNet
@@ -51,7 +56,7 @@ from ._base import (
     unchanged_on_error,
 )
 from ._blocks import BlockNet
-from ._inputs import check_real, clearer_errors
+from ._inputs import check_missing, check_real, clearer_errors, source_nan_columns
 from ._net import (
     BatchDataset,
     RollbackOnInterrupt,
@@ -71,25 +76,33 @@ _TABLE = "a 2-D array or DataFrame of numbers (n_samples, n_features)"
 
 # -- the network ------------------------------------------------------------------
 class _Standardize(nn.Module):
-    """Parameter-free ``(x - mean) / scale`` with the statistics as buffers.
+    """Parameter-free ``(x - mean) / scale`` with the statistics as buffers; a
+    missing cell (NaN) becomes 0, the column's mean.
 
     It is the first layer of the encoder, so the encoder takes raw ``X`` wherever
     it is transferred (fine-tuning, feature extraction, ``list_blocks``).
+    ``nan_columns`` (bool per column; validation metadata, not a buffer) marks
+    the columns that had missing cells in the rows the statistics come from:
+    the estimators built on this encoder accept NaN there
+    (:func:`~sktransfer._inputs.source_nan_columns`).
     """
 
-    def __init__(self, mean, scale):
+    def __init__(self, mean, scale, nan_columns=None):
         super().__init__()
         self.register_buffer("mean", torch.as_tensor(mean, dtype=torch.float32))
         self.register_buffer("scale", torch.as_tensor(scale, dtype=torch.float32))
+        self.nan_columns = (np.zeros(len(mean), bool) if nan_columns is None
+                            else np.asarray(nan_columns, bool))
 
     def forward(self, x):
-        return (x - self.mean) / self.scale
+        z = (x - self.mean) / self.scale
+        return torch.where(torch.isnan(z), 0.0, z)
 
     def extra_repr(self):
         return f"n_features={self.mean.numel()}"
 
 
-def _build_encoder(mean, scale, hidden_layer_sizes, dropout=0.0):
+def _build_encoder(mean, scale, hidden_layer_sizes, dropout=0.0, nan_columns=None):
     """The encoder as a ``BlockNet``: block ``i`` is ``Linear -> ReLU [-> Dropout]``.
 
     Block 0 starts with the parameter-free standardisation. The weights are
@@ -97,7 +110,7 @@ def _build_encoder(mean, scale, hidden_layer_sizes, dropout=0.0):
     """
     blocks, width = [], len(mean)
     for i, size in enumerate(hidden_layer_sizes):
-        layers = [_Standardize(mean, scale)] if i == 0 else []
+        layers = [_Standardize(mean, scale, nan_columns)] if i == 0 else []
         layers += [nn.Linear(width, size), nn.ReLU()]
         if dropout:
             layers.append(nn.Dropout(dropout))
@@ -136,19 +149,83 @@ class _PretrainModule(nn.Module):
                 "target": self.encoder.blocks[0][0](original)}
 
 
+class _ReplacementPool:
+    """The training rows that corruption draws replacement values from.
+
+    ``values`` is ``(n, d)``. Without missing cells every row is a candidate
+    (``n_observed`` is ``None``); with them, each column's observed values come
+    first, in row order, and ``n_observed[j]`` counts them, so that a draw is
+    uniform over the observed values of the column (its empirical marginal).
+    ``learnable[j]``: the column has at least two distinct observed values, so
+    the masked task has something to predict in it (a replaced cell of a
+    constant column is equal to the original, and its value is known).
+    """
+
+    def __init__(self, values, n_observed=None, learnable=None):
+        self.values, self.n_observed, self.learnable = values, n_observed, learnable
+
+    @classmethod
+    def from_rows(cls, X):
+        """From the training rows ``X`` (a float tensor, NaN for missing cells)."""
+        missing = torch.isnan(X)
+        low = torch.where(missing, torch.inf, X).amin(dim=0)
+        high = torch.where(missing, -torch.inf, X).amax(dim=0)
+        learnable = high > low  # False for constant and entirely missing columns
+        if not missing.any():
+            return cls(X, None, learnable)
+        # a stable sort of "is missing" puts each column's observed values first
+        order = torch.argsort(missing.to(torch.int8), dim=0, stable=True)
+        return cls(torch.gather(X, 0, order), (~missing).sum(dim=0), learnable)
+
+    def loss_weight(self, x):
+        """1 for the cells of ``x`` the masked task learns from (observed, in a
+        learnable column), else 0."""
+        return ((~torch.isnan(x)) & self.learnable).to(x.dtype)
+
+    def to(self, device):
+        move = lambda t: None if t is None else t.to(device)  # noqa: E731
+        return _ReplacementPool(move(self.values), move(self.n_observed), move(self.learnable))
+
+
 def _corrupt(x, pool, mask_rate, generator):
-    """Replace each cell with probability ``mask_rate`` by the same column of a
-    random row of ``pool``; return ``(x_corrupted, mask)``.
+    """Replace each cell with probability ``mask_rate``, and every missing cell, by
+    the same column of a random row of ``pool`` (a :class:`_ReplacementPool`:
+    observed values only); return ``(x_corrupted, mask)``.
 
     The random draws come from ``generator`` (on the CPU, so results do not
-    depend on the device).
+    depend on the device). A column with no observed value stays missing (the
+    encoder's standardisation fills it with the mean).
     """
     n, d = x.shape
     mask = torch.rand((n, d), generator=generator) < mask_rate
-    rows = torch.randint(len(pool), (n, d), generator=generator)
+    if pool.n_observed is None:
+        rows = torch.randint(len(pool.values), (n, d), generator=generator)
+    else:
+        # uniform over each column's observed values, which come first in the pool
+        counts = pool.n_observed.cpu()
+        rows = (torch.rand((n, d), generator=generator) * counts).long()
+        rows = torch.minimum(rows, (counts - 1).clamp(min=0))
     mask, rows = mask.to(x.device), rows.to(x.device)
-    replacement = torch.gather(pool, 0, rows)  # [i, j] = pool[rows[i, j], j]
+    mask = mask | torch.isnan(x)  # a missing cell is always replaced
+    replacement = torch.gather(pool.values, 0, rows)  # [i, j] = pool[rows[i, j], j]
     return torch.where(mask, replacement, x), mask.to(x.dtype)
+
+
+def _masked_loss(y_pred):
+    """VIME's two losses, averaged over the cells they can learn from.
+
+    A cell counts when its original value is observed (a missing cell has no
+    value to reconstruct, and it is replaced in every corruption, so its mask
+    is known) and its column is not constant on the training rows (nothing to
+    reconstruct or to detect there). With every cell counting, these are the
+    plain means.
+    """
+    weight = y_pred["weight"]
+    total = weight.sum().clamp(min=1.0)
+    mse = (weight * (y_pred["values"] - y_pred["target"]) ** 2).sum() / total
+    bce = F.binary_cross_entropy_with_logits(y_pred["mask_logits"], y_pred["mask"],
+                                             reduction="none")
+    return mse, (weight * bce).sum() / total
 
 
 def _nt_xent(z1, z2, temperature):
@@ -179,7 +256,7 @@ class _PretrainNet(RollbackOnInterrupt, NeuralNet):
         self.mask_rate = mask_rate
         self.temperature = temperature
         self.corruption_seed = corruption_seed
-        self.pool_ = pool  # training rows to draw replacement values from (CPU)
+        self.pool_ = pool  # _ReplacementPool: the training rows (CPU)
 
     def on_train_begin(self, net, X=None, y=None, **kwargs):
         # here rather than in ``initialize``, which AccelerateMixin replaces
@@ -199,7 +276,7 @@ class _PretrainNet(RollbackOnInterrupt, NeuralNet):
         rng = self.train_rng_ if module.training else self.valid_rng_
         if self.method == "masked":
             x_tilde, mask = _corrupt(x, self.pool_, self.mask_rate, rng)
-            return {**module(x_tilde, x), "mask": mask}
+            return {**module(x_tilde, x), "mask": mask, "weight": self.pool_.loss_weight(x)}
         view1, _ = _corrupt(x, self.pool_, self.mask_rate, rng)
         view2, _ = _corrupt(x, self.pool_, self.mask_rate, rng)
         both = module(torch.cat([view1, view2]))
@@ -207,8 +284,7 @@ class _PretrainNet(RollbackOnInterrupt, NeuralNet):
 
     def get_loss(self, y_pred, y_true, X=None, training=False):
         if self.method == "masked":
-            mse = F.mse_loss(y_pred["values"], y_pred["target"])
-            bce = F.binary_cross_entropy_with_logits(y_pred["mask_logits"], y_pred["mask"])
+            mse, bce = _masked_loss(y_pred)
             prefix = "train" if training else "valid"
             self.history.record_batch(f"{prefix}_value_mse", mse.item())
             self.history.record_batch(f"{prefix}_mask_bce", bce.item())
@@ -252,8 +328,10 @@ class TabularPretrainer(TransformerMixin, BaseEstimator):
 
           loss = mean_ij (v_ij - z_ij)^2 + mean_ij BCE(sigmoid(l_ij), m_ij)
 
-      with weight 1 on both terms (VIME's mask and reconstruction losses,
-      every cell reconstructed). ``history_`` also holds the two parts,
+      with weight 1 on both terms (VIME's mask and reconstruction losses),
+      the means running over the cells there is something to learn from:
+      every observed cell of a column that is not constant on the training
+      rows. ``history_`` also holds the two parts,
       ``train_value_mse`` and ``train_mask_bce``. A cell replaced by an equal
       value (frequent in discrete columns) cannot be detected, so the BCE
       term does not go to zero.
@@ -270,11 +348,22 @@ class TabularPretrainer(TransformerMixin, BaseEstimator):
     The pretext heads are discarded after ``fit``; only the encoder is kept.
 
     Every column is standardised with the mean and standard deviation of the
-    ``fit`` rows (``mean_``, ``scale_``). The standardisation is the encoder's
-    first layer, so the encoder takes raw ``X`` wherever it goes; the
-    reconstruction target is the standardised row, so no column dominates the
-    loss by its units. Constant columns are refused (reconstructing a constant
-    is meaningless): drop them first.
+    ``fit`` rows (``mean_``, ``scale_``), as
+    :class:`~sklearn.preprocessing.StandardScaler` computes them: a column that
+    is constant on those rows (in the whole table, or only in one fold of a
+    search) gets scale 1, stays in ``n_features_in_``, and the masked task
+    skips it. The standardisation is the encoder's first layer, so the encoder
+    takes raw ``X`` wherever it goes; the reconstruction target is the
+    standardised row, so no column dominates the loss by its units.
+
+    Missing cells (NaN) are welcome in ``fit``: the statistics ignore them, a
+    missing cell is a cell that is always corrupted (replaced by an observed
+    value of its column from another row) and has no loss in the masked task,
+    and the encoder's standardisation fills a missing cell with the column's
+    mean (0 once standardised). ``transform`` and every estimator built on the
+    pretrainer (``model=pre``) accept NaN in the columns that had missing
+    cells in ``fit``; NaN in another column raises a ``ValueError`` (impute it,
+    or pretrain on rows with missing cells in that column).
 
     Inputs are numeric: encode categorical columns first, e.g. with a
     :class:`~sklearn.compose.ColumnTransformer` holding a
@@ -342,9 +431,10 @@ class TabularPretrainer(TransformerMixin, BaseEstimator):
         The pretrained encoder (standardisation included), on ``device_``, in
         eval mode. Its output is the embedding.
     mean_ : ndarray of shape (``n_features_in_``,)
-        Column means of the ``fit`` rows.
+        Column means of the observed cells of the ``fit`` rows.
     scale_ : ndarray of shape (``n_features_in_``,)
-        Column standard deviations of the ``fit`` rows.
+        Column standard deviations of the observed cells of the ``fit`` rows;
+        1 for a constant column.
     n_features_in_ : int
         Number of input columns.
     feature_names_in_ : ndarray of str
@@ -366,7 +456,7 @@ class TabularPretrainer(TransformerMixin, BaseEstimator):
     --------
     FineTunedClassifier : fine-tune the pretrained encoder with a new head.
     FeatureExtractorTransformer : the encoder's (or one layer's) output as features.
-    sklearn.feature_selection.VarianceThreshold : find constant columns to drop.
+    sklearn.preprocessing.StandardScaler : the same statistics, for other models.
 
     Notes
     -----
@@ -472,23 +562,28 @@ class TabularPretrainer(TransformerMixin, BaseEstimator):
             )
         return tuple(int(h) for h in hidden)
 
-    def _check_no_constant_columns(self, X):
-        constant = np.flatnonzero(np.ptp(X, axis=0) == 0)
-        if constant.size == 0:
-            return
-        names = getattr(self, "feature_names_in_", None)
-        if names is not None:
-            what = f"columns {[str(names[i]) for i in constant[:10]]}"
-        else:
-            what = f"column indices {constant[:10].tolist()}"
-        more = f" (and {constant.size - 10} more)" if constant.size > 10 else ""
-        raise ValueError(
-            f"X has {constant.size} constant column(s): {what}{more}. Masked "
-            "reconstruction of a constant is meaningless and it cannot be standardised. "
-            "Drop these columns before pretraining, and from every X you later pass to "
-            "the pretrainer or to an estimator built on it, e.g. keep = X.std(axis=0) > 0 "
-            "or sklearn.feature_selection.VarianceThreshold().fit(X).get_support()."
-        )
+    def _statistics(self, X):
+        """Column means and scales of the ``fit`` rows, as ``StandardScaler`` computes
+        them: missing cells ignored, scale 1 for a constant column (so that a column
+        constant in one fold of a search, or in the whole table, is no error). A
+        column without any observed value gets mean 0 and scale 1, with a warning.
+        """
+        missing = np.isnan(X)
+        empty = missing.all(axis=0)
+        if empty.any():
+            names = getattr(self, "feature_names_in_", None)
+            which = np.flatnonzero(empty)
+            what = ([str(names[i]) for i in which[:10]] if names is not None
+                    else which[:10].tolist())
+            warnings.warn(
+                f"X has {which.size} column(s) with no observed value (all NaN): {what}"
+                f"{' ...' if which.size > 10 else ''}. The encoder sees them as missing "
+                "everywhere (their mean, 0 after standardisation); they carry no "
+                "information. Drop them from every X if they stay empty.",
+                UserWarning, stacklevel=3,
+            )
+        scaler = StandardScaler().fit(np.where(empty, 0.0, X))
+        return scaler.mean_, scaler.scale_, missing.any(axis=0)
 
     def _validation_split(self, n, seed):
         if not self.early_stopping:
@@ -549,7 +644,7 @@ class TabularPretrainer(TransformerMixin, BaseEstimator):
         kwargs.update(accelerate_kwargs)
         kwargs.update(extra)
         kwargs["callbacks"] = callbacks
-        pool = dataset.X[torch.as_tensor(train_idx)]
+        pool = _ReplacementPool.from_rows(dataset.X[torch.as_tensor(train_idx)])
         return net_cls(
             module, method=self.method, mask_rate=float(self.mask_rate),
             temperature=float(self.temperature), pool=pool, corruption_seed=seed + 1,
@@ -569,7 +664,8 @@ class TabularPretrainer(TransformerMixin, BaseEstimator):
         Parameters
         ----------
         X : array-like or DataFrame of shape (n_samples, n_features)
-            Unlabeled numeric rows, at least 2, no NaN/inf, no constant column.
+            Unlabeled numeric rows, at least 2, no infinite value; NaN marks a
+            missing cell.
         y : None
             Ignored.
 
@@ -580,16 +676,14 @@ class TabularPretrainer(TransformerMixin, BaseEstimator):
         check_real(X, "X", "TabularPretrainer", what=_TABLE)
         with clearer_errors("X"):
             X = validate_data(self, X, reset=True, dtype=[np.float64, np.float32],
-                              ensure_min_samples=2)
+                              ensure_min_samples=2, ensure_all_finite="allow-nan")
         hidden = self._check_hidden()
         accelerator, device = resolve_accelerator(self.accelerator, self.device)
-        self._check_no_constant_columns(X)
-        X64 = np.asarray(X, dtype=np.float64)
-        mean, scale = X64.mean(axis=0), X64.std(axis=0)
+        mean, scale, nan_columns = self._statistics(X)
         seed = seed_from_random_state(self.random_state)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            encoder = _build_encoder(mean, scale, hidden, self.dropout)
+            encoder = _build_encoder(mean, scale, hidden, self.dropout, nan_columns)
             module = _PretrainModule(encoder, X.shape[1], hidden[-1], self.method)
         train_idx, valid_idx = self._validation_split(len(X), seed)
         dataset = BatchDataset(torch.from_numpy(np.ascontiguousarray(X, dtype=np.float32)))
@@ -614,7 +708,8 @@ class TabularPretrainer(TransformerMixin, BaseEstimator):
         Parameters
         ----------
         X : array-like or DataFrame of shape (n_samples, ``n_features_in_``)
-            Raw rows (the encoder standardises them itself).
+            Raw rows (the encoder standardises them itself); NaN is accepted in
+            the columns that had missing cells in ``fit``.
 
         Returns
         -------
@@ -622,8 +717,11 @@ class TabularPretrainer(TransformerMixin, BaseEstimator):
         """
         check_is_fitted(self, "encoder_")
         check_real(X, "X", "TabularPretrainer", what=_TABLE)
+        nan_columns = source_nan_columns(self.encoder_)
         with clearer_errors("X"):
-            X = validate_data(self, X, reset=False, dtype=[np.float32, np.float64])
+            X = validate_data(self, X, reset=False, dtype=[np.float32, np.float64],
+                              ensure_all_finite=True if nan_columns is None else "allow-nan")
+        check_missing(X, nan_columns, self)
         out = np.empty((len(X), self.n_features_out_), dtype=np.float32)
         with torch.inference_mode():
             for start in range(0, len(X), self.batch_size):
@@ -660,7 +758,7 @@ class TabularPretrainer(TransformerMixin, BaseEstimator):
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
-        tags.input_tags.allow_nan = False
+        tags.input_tags.allow_nan = True  # missing cells are masked cells
         tags.requires_fit = True
         tags.non_deterministic = self.random_state is None
         tags.transformer_tags.preserves_dtype = ["float32"]

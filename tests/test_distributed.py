@@ -64,8 +64,10 @@ def _check_same_as_local(remote, local, X, worker_pids=None):
     np.testing.assert_array_equal(remote.predict_proba(X), local.predict_proba(X))
 
 
-def test_grid_search_on_dask_local_cluster(tabular_source, target, local_search):
-    distributed = pytest.importorskip("distributed")
+def test_grid_search_on_dask_local_cluster(tabular_source, target, local_search,
+                                           patient_dask):
+    import distributed
+
     X, y = target
     with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
                                   host="127.0.0.1", dashboard_address=None) as cluster, \
@@ -85,41 +87,94 @@ def test_grid_search_on_dask_local_cluster(tabular_source, target, local_search)
     assert not hasattr(remote.estimator.named_steps["net"], "module_")
 
 
-def _overlaps(intervals, slack=0.01):
-    """Whether two (start, stop) intervals overlap by more than ``slack`` seconds
-    (the scheduler records back-to-back tasks with sub-millisecond jitter)."""
-    intervals = sorted(intervals)
-    return any(b[0] < a[1] - slack for a, b in zip(intervals, intervals[1:]))
+def _fit_concurrency_probe(distributed):
+    """A worker plugin that records, from each worker's own state machine, the most
+    fit tasks it ever ran at once, and whether each fit task waited for a resource.
+
+    The worker's ``state.executing`` (and ``long_running``, for tasks that seceded)
+    holds a task from the moment it takes its thread and resources until its
+    function has returned, cancelled or not; every change to it is followed by a
+    transition of that task, so reading it at each transition gives the exact
+    maximum. (The scheduler's task stream cannot: its start/stop times are shifted
+    by the worker's estimate of the scheduler's clock offset, re-measured at every
+    heartbeat, so back-to-back tasks on a busy machine appear to overlap by the
+    jitter of that estimate.)
+    """
+
+    class FitConcurrency(distributed.WorkerPlugin):
+        name = "sktransfer-fit-concurrency"
+
+        def setup(self, worker):
+            self.worker = worker
+            self.max_running = 0
+            self.fits = set()
+            self.constrained = set()
+
+        def transition(self, key, start, finish, **kwargs):
+            if "_fit_and_score" not in str(key):
+                return
+            self.fits.add(key)
+            if finish == "constrained":
+                self.constrained.add(key)
+            state = self.worker.state
+            running = [ts for ts in state.executing | state.long_running
+                       if "_fit_and_score" in str(ts.key)]
+            self.max_running = max(self.max_running, len(running))
+
+    def report(dask_worker):
+        plugin = dask_worker.plugins[FitConcurrency.name]
+        out = {"max_running": plugin.max_running, "fits": len(plugin.fits),
+               "constrained": len(plugin.constrained)}
+        plugin.setup(dask_worker)  # start counting again
+        return out
+
+    return FitConcurrency(), report
 
 
-def test_dask_workers_with_threads_and_gpu_resources(tabular_source, target, local_search):
+@pytest.fixture
+def patient_dask():
+    """Generous connection timeouts: on a loaded machine workers start slowly."""
+    dask = pytest.importorskip("dask")
+    pytest.importorskip("distributed")
+    with dask.config.set({"distributed.comm.timeouts.connect": "180s",
+                          "distributed.comm.timeouts.tcp": "180s"}):
+        yield
+
+
+def test_dask_workers_with_threads_and_gpu_resources(tabular_source, target, local_search,
+                                                     patient_dask):
     """Workers with several threads (dask's default on a big machine) still give
     the local results: a process runs one fit at a time. With the documented GPU
     recipe (workers declare GPU=1, fits ask for it) the scheduler itself never
     runs two fits on one worker at once."""
-    distributed = pytest.importorskip("distributed")
+    import distributed
+
     X, y = target
+    plugin, report = _fit_concurrency_probe(distributed)
     with distributed.LocalCluster(n_workers=2, threads_per_worker=2, processes=True,
                                   host="127.0.0.1", dashboard_address=None,
                                   resources={"GPU": 1}) as cluster, \
             distributed.Client(cluster) as client:
+        client.register_plugin(plugin)
         with parallel_backend("dask"):
             threaded = _search(tabular_source["net"], n_jobs=-1).fit(X, y)
-        with distributed.get_task_stream(client) as stream, \
-                parallel_backend("dask", resources={"GPU": 1}):
+        without_resources = client.run(report)
+        with parallel_backend("dask", resources={"GPU": 1}):
             one_per_gpu = _search(tabular_source["net"], n_jobs=-1).fit(X, y)
+        with_resources = client.run(report)
     _check_same_as_local(threaded, local_search, X)
     _check_same_as_local(one_per_gpu, local_search, X)
-    per_worker = {}
-    for task in stream.data:
-        if "_fit_and_score" not in task["key"] and "batch_of" not in task["key"]:
-            continue
-        for ss in task["startstops"]:
-            if ss["action"] == "compute":
-                per_worker.setdefault(task["worker"], []).append((ss["start"], ss["stop"]))
-    assert per_worker, [t["key"] for t in stream.data][:5]
-    for worker, intervals in per_worker.items():
-        assert not _overlaps(intervals), f"two fits ran at once on {worker}"
+    # the probe sees concurrent fits where they happen: without the resource
+    # request a worker with 2 threads runs 2 fit tasks at once (the second waits
+    # for sktransfer's per-process lock)
+    assert sum(r["fits"] for r in without_resources.values()) > 0
+    assert max(r["max_running"] for r in without_resources.values()) >= 2, without_resources
+    # with it, every fit task reached its worker with the GPU restriction (it waited
+    # in the "constrained" state for the GPU), and no worker ever ran two at once
+    assert sum(r["fits"] for r in with_resources.values()) > 0, with_resources
+    for worker, r in with_resources.items():
+        assert r["constrained"] == r["fits"], (worker, r)
+        assert r["max_running"] == 1, f"two fits ran at once on {worker}: {r}"
 
 
 def test_threads_in_one_process_give_reproducible_results(tabular_source, target,
