@@ -17,32 +17,12 @@ from ._base import (
     one_fit_at_a_time,
     unchanged_on_error,
 )
+from ._blocknet import pool_features
 from ._inputs import validate_input
 
-__all__ = ["FeatureExtractorTransformer", "pool_features", "resolve_layer"]
+__all__ = ["FeatureExtractorTransformer", "resolve_layer"]
 
 _POOLINGS = ("avg", "max", "flatten")
-
-
-def pool_features(x, pooling, channels_last=False):
-    """Turn a block output into one vector per sample.
-
-    2-D outputs are returned as they are. Otherwise ``"avg"``/``"max"`` reduce
-    every axis except the batch and the channel axis (axis 1, or the last axis
-    when ``channels_last``, as for transformer tokens ``(n, tokens, dim)``), and
-    ``"flatten"`` keeps everything.
-    """
-    if x.ndim == 2:
-        return x
-    if pooling == "flatten":
-        return x.reshape(x.shape[0], -1)
-    if channels_last:
-        dims = tuple(range(1, x.ndim - 1))
-    else:
-        dims = tuple(range(2, x.ndim))
-    if pooling == "avg":
-        return x.mean(dim=dims)
-    return x.amax(dim=dims)
 
 
 def resolve_layer(layer, net):

@@ -31,8 +31,8 @@ from ._base import (
     seed_from_random_state,
     unchanged_on_error,
 )
+from ._blocknet import GlobalPool
 from ._blocks import check_freeze_depth, freeze_blocks
-from ._extract import pool_features
 from ._inputs import iter_batches, make_batch, validate_input
 from ._net import (
     BatchDataset,
@@ -73,19 +73,8 @@ def _one_cycle(step, total, peak=0.3, start=1 / 25, end=1e-4):
     return end + (1 - end) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
-class _GlobalPool(nn.Module):
-    """Parameter-free: pool a feature map (or tokens) to one vector per sample."""
-
-    def __init__(self, channels_last=False):
-        super().__init__()
-        self.channels_last = channels_last
-
-    def forward(self, x):
-        return pool_features(x, "avg", self.channels_last)
-
-
 def _make_head(n_in, n_out, hidden, dropout, pool, channels_last):
-    layers = [_GlobalPool(channels_last)] if pool else []
+    layers = [GlobalPool("avg", channels_last)] if pool else []
     width = n_in
     for h in hidden:
         layers += [nn.Dropout(dropout)] if dropout else []

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from ._inputs import InputData
+from ._version import __version__
 
 __all__ = ["save_weights", "load_weights"]
 
@@ -30,7 +31,6 @@ def _json_list(values):
 def save_weights(est, path):
     from safetensors.torch import save_file
 
-    from . import __version__
 
     path = Path(os.fspath(path))
     if path.suffix != ".safetensors":

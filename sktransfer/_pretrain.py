@@ -50,7 +50,7 @@ from ._base import (
     seed_from_random_state,
     unchanged_on_error,
 )
-from ._blocks import BlockNet
+from ._blocknet import BlockNet
 from ._inputs import check_real, clearer_errors
 from ._net import (
     BatchDataset,

@@ -28,7 +28,8 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from ._blocks import BlockNet, split_model
+from ._blocknet import BlockNet
+from ._blocks import split_model
 
 __all__ = ["resolve_model", "load_state_dict_file", "WeightsUnavailableError", "ResolvedModel"]
 

@@ -6,9 +6,11 @@ import importlib
 import pytest
 
 MODULES = [
+    "sktransfer._blocknet",
     "sktransfer._blocks",
     "sktransfer._extract",
     "sktransfer._finetune",
+    "sktransfer._inspect",
     "sktransfer._pretrain",
     "sktransfer._weights",
     "sktransfer.metrics",
