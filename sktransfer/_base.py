@@ -1,14 +1,20 @@
-"""What the three estimators share: model resolution, devices, input probing."""
+"""Shared estimator pieces: one fit at a time, devices, seeds, pickling, batched
+prediction, and (for the estimators built on a pretrained network) model
+resolution and input probing.
+
+``NetEstimatorMixin`` serves every estimator holding a fitted network (the
+three transfer estimators and ``TabularPretrainer``); ``TransferEstimatorMixin``
+adds what the estimators built on a pretrained ``model`` share. The estimators
+that train add ``_trainer.Trainer``.
+"""
 
 from __future__ import annotations
 
 import copy
 import functools
-import numbers
 import threading
 import warnings
 
-import numpy as np
 import torch
 from sklearn.base import BaseEstimator, clone
 from torch import nn
@@ -17,8 +23,8 @@ from ._blocks import check_split_matches
 from ._inputs import ImagePreprocess, image_mode, iter_batches, make_batch
 from ._weights import resolve_model
 
-__all__ = ["TransferEstimatorMixin", "resolve_device", "seed_from_random_state",
-           "unchanged_on_error", "one_fit_at_a_time"]
+__all__ = ["NetEstimatorMixin", "TransferEstimatorMixin", "resolve_device",
+           "seed_from_random_state", "unchanged_on_error", "one_fit_at_a_time"]
 
 # torch's random generators (and a GPU) are shared by all threads of a process
 _FIT_LOCK = threading.RLock()
@@ -116,17 +122,6 @@ def seed_from_random_state(random_state):
     return int(rng.randint(0, 2**31 - 1))
 
 
-def has_lazy_params(module):
-    return any(isinstance(p, nn.parameter.UninitializedParameter) for p in module.parameters())
-
-
-def _check_positive_int(value, name):
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{name} must be a positive int, got {type(value).__name__} {value!r}.")
-    if value < 1:
-        raise ValueError(f"{name}={value} must be >= 1.")
-
-
 def _runs(model, sample):
     """Whether ``model`` (in eval mode, without autograd) accepts ``sample``."""
     if model is None:
@@ -143,8 +138,49 @@ def _runs(model, sample):
     return True
 
 
-class TransferEstimatorMixin:
-    """Shared machinery of sktransfer's estimators.
+class NetEstimatorMixin:
+    """Every estimator that holds a fitted torch network: pickles hold it on the CPU,
+    and prediction runs batch by batch.
+
+    Subclasses have a ``batch_size`` parameter and set ``device_`` in ``fit``.
+    """
+
+    #: fitted attributes that hold a network (moved to the CPU in a pickle)
+    _fitted_modules = ("module_",)
+
+    def __getstate__(self):
+        # pickles hold the network on the CPU, so they load on machines without CUDA
+        # a copy: on Python >= 3.11 the base returns the live __dict__ itself
+        state = dict(super().__getstate__())
+        if getattr(self, "device_", "cpu") == "cpu":
+            return state
+        for name in self._fitted_modules:
+            if state.get(name) is not None:
+                state[name] = copy.deepcopy(state[name]).to("cpu")
+                state["device_"] = "cpu"
+        return state
+
+    def _map_batches(self, data, fn, preprocess=None):
+        """``fn`` over ``data`` batch by batch (eval, inference mode) into one array.
+
+        The output (float32, on the CPU) is allocated once from the first batch
+        and filled in place: memory stays bounded by ``batch_size`` plus the
+        result, and no list of per-batch pieces fragments the heap.
+        """
+        out, start = None, 0
+        with torch.inference_mode():
+            for batch in iter_batches(data, self.batch_size, preprocess, self.device_):
+                part = fn(batch).to("cpu", torch.float32)
+                if out is None:
+                    out = torch.empty((len(data), *part.shape[1:]), dtype=torch.float32)
+                out[start:start + len(part)] = part
+                start += len(part)
+        return out
+
+
+class TransferEstimatorMixin(NetEstimatorMixin):
+    """The estimators built on a pretrained ``model``: clones share it, ``fit``
+    resolves a private copy, picks the image preprocessing and probes the net.
 
     Subclasses have ``model``, ``weights``, ``preprocess``, ``batch_size``,
     ``device`` and ``random_state`` parameters.
@@ -166,33 +202,6 @@ class TransferEstimatorMixin:
             }
             return type(self)(model=model, **params)
         return BaseEstimator.__sklearn_clone__(self)
-
-    def __getstate__(self):
-        # pickles hold the network on the CPU, so they load on machines without CUDA
-        # a copy: on Python >= 3.11 the base returns the live __dict__ itself
-        state = dict(super().__getstate__())
-        module = state.get("module_")
-        if module is not None and getattr(self, "device_", "cpu") != "cpu":
-            state["module_"] = copy.deepcopy(module).to("cpu")
-            state["device_"] = "cpu"
-        return state
-
-    def _map_batches(self, data, fn):
-        """``fn`` over ``data`` batch by batch (eval, inference mode) into one array.
-
-        The output (float32, on the CPU) is allocated once from the first batch
-        and filled in place: memory stays bounded by ``batch_size`` plus the
-        result, and no list of per-batch pieces fragments the heap.
-        """
-        out, start = None, 0
-        with torch.inference_mode():
-            for batch in iter_batches(data, self.batch_size, self._preprocess, self.device_):
-                part = fn(batch).to("cpu", torch.float32)
-                if out is None:
-                    out = torch.empty((len(data), *part.shape[1:]), dtype=torch.float32)
-                out[start:start + len(part)] = part
-                start += len(part)
-        return out
 
     def _resolve_pretrained(self, seed):
         """A private copy of the pretrained net, split into blocks.

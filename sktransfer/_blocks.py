@@ -35,8 +35,9 @@ from torch import nn
 from ._blocknet import BlockNet, _chain, _has_params
 from ._families import split_family
 
-__all__ = ["BlockNet", "split_model", "check_split_matches", "freeze_blocks",
-           "check_freeze_depth"]
+__all__ = ["BlockNet", "split_model", "check_split_matches", "check_freeze_depth",
+           "freeze_blocks", "freeze_all", "keep_frozen_in_eval", "unfreeze_depth",
+           "set_trainable_from"]
 
 
 def _last_linear_index(children):
@@ -252,6 +253,37 @@ def freeze_blocks(bnet, depth):
             p.requires_grad_(False)
             frozen.add(f"blocks.{i}.{name}")
     return frozen
+
+
+def freeze_all(net):
+    """The whole network frozen and in eval mode (feature extraction); returns it."""
+    net.requires_grad_(False)
+    return net.eval()
+
+
+def keep_frozen_in_eval(bnet, depth):
+    """Blocks ``0..depth-1`` back in eval mode after ``bnet.train()``: their BatchNorm
+    statistics do not move and their Dropout is off while the rest trains."""
+    for block in bnet.blocks[:depth]:
+        block.eval()
+
+
+def unfreeze_depth(epoch, n_blocks, floor, every):
+    """Gradual unfreezing: the number of frozen blocks in (1-based) ``epoch``.
+
+    The head trains alone for ``every`` epochs (all ``n_blocks`` frozen), then
+    one more block from the top is unfrozen every ``every`` epochs, down to
+    ``floor`` (``freeze_depth``) frozen blocks.
+    """
+    return max(floor, n_blocks - (epoch - 1) // every)
+
+
+def set_trainable_from(bnet, floor, depth):
+    """Blocks ``floor..depth-1`` frozen, blocks ``depth..`` trainable; blocks below
+    ``floor`` (frozen by ``freeze_depth``) are left as they are."""
+    for i, block in enumerate(bnet.blocks):
+        if i >= floor:
+            block.requires_grad_(i >= depth)
 
 
 def check_freeze_depth(freeze_depth, n_blocks):

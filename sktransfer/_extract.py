@@ -18,6 +18,7 @@ from ._base import (
     unchanged_on_error,
 )
 from ._blocknet import pool_features
+from ._blocks import freeze_all
 from ._inputs import validate_input
 
 __all__ = ["FeatureExtractorTransformer", "resolve_layer"]
@@ -196,9 +197,7 @@ class FeatureExtractorTransformer(TransferEstimatorMixin, TransformerMixin, Base
                 "layer=None for its output."
             )
         self._probe(resolved, data, preprocess, seed)
-        net.requires_grad_(False)
-        net.eval()
-        self.module_ = net.to(device)
+        self.module_ = freeze_all(net).to(device)
         self._preprocess = preprocess
         self._stop, self._after_head = stop, after_head
         self.layer_name_ = name
@@ -218,7 +217,7 @@ class FeatureExtractorTransformer(TransferEstimatorMixin, TransformerMixin, Base
             out = net(batch) if self._after_head else net.forward_features(batch, stop=self._stop)
             return pool_features(out, self.pooling, channels_last)
 
-        return self._map_batches(sub, features).numpy()
+        return self._map_batches(sub, features, self._preprocess).numpy()
 
     def transform(self, X):
         """Features of ``X`` from ``layer``.

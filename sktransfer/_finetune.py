@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import numbers
 import warnings
-from abc import abstractmethod
+from abc import ABCMeta, abstractmethod
 from functools import partial
 
 import numpy as np
@@ -15,16 +15,10 @@ from sklearn.preprocessing import LabelEncoder
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted
-from skorch.callbacks import EarlyStopping, PassthroughScoring, ProgressBar
+from skorch.callbacks import PassthroughScoring
 from torch import nn
 
-from . import _prefix_cache as prefix_cache
-from ._accelerate import (
-    SyncEpochLosses,
-    check_single_process_only,
-    net_class,
-    resolve_accelerator,
-)
+from ._accelerate import check_single_process_only, resolve_accelerator
 from ._base import (
     TransferEstimatorMixin,
     one_fit_at_a_time,
@@ -33,17 +27,11 @@ from ._base import (
 )
 from ._blocknet import GlobalPool
 from ._blocks import check_freeze_depth, freeze_blocks
-from ._inputs import iter_batches, make_batch, validate_input
-from ._net import (
-    BatchDataset,
-    FiniteLossCheck,
-    TransferNet,
-    check_net_kwargs,
-    finish_fit,
-    fit_seeded,
-    holdout_split,
-    identity_collate,
-)
+from ._inputs import validate_input
+from ._net import BatchDataset, TransferNet
+from ._persist import WeightsFileMixin
+from ._prefix_cache import starting_at, training_inputs
+from ._trainer import Trainer
 from ._weights import ResolvedModel
 
 __all__ = ["FineTunedClassifier", "FineTunedRegressor"]
@@ -73,6 +61,20 @@ def _one_cycle(step, total, peak=0.3, start=1 / 25, end=1e-4):
     return end + (1 - end) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
+def _lr_scheduler(schedule, epochs, steps_per_epoch):
+    """A skorch ``LRScheduler`` scaling every parameter group's rate by a factor."""
+    from skorch.callbacks import LRScheduler
+
+    if schedule == "onecycle":
+        factor = partial(_one_cycle, total=max(1, epochs * steps_per_epoch))
+        return LRScheduler(policy=torch.optim.lr_scheduler.LambdaLR, lr_lambda=factor,
+                           step_every="batch", event_name=None)
+    warmup = max(1, round(0.1 * epochs)) if schedule == "warmup_cosine" else 0
+    factor = partial(_warmup_cosine, warmup=warmup, total=epochs)
+    return LRScheduler(policy=torch.optim.lr_scheduler.LambdaLR, lr_lambda=factor,
+                       step_every="epoch", event_name=None)
+
+
 def _make_head(n_in, n_out, hidden, dropout, pool, channels_last):
     layers = [GlobalPool("avg", channels_last)] if pool else []
     width = n_in
@@ -85,8 +87,11 @@ def _make_head(n_in, n_out, hidden, dropout, pool, channels_last):
     return layers[0] if len(layers) == 1 else nn.Sequential(*layers)
 
 
-class _BaseFineTuned(TransferEstimatorMixin, BaseEstimator):
-    """Shared fit/predict logic; the subclasses set the task."""
+class _BaseFineTuned(WeightsFileMixin, TransferEstimatorMixin, Trainer, BaseEstimator,
+                     metaclass=ABCMeta):
+    """Shared fit/predict logic; the subclasses set the task (``y``, loss, outputs)."""
+
+    _net_class = TransferNet
 
     _parameter_constraints = {
         "model": "no_validation",
@@ -162,7 +167,7 @@ class _BaseFineTuned(TransferEstimatorMixin, BaseEstimator):
         self.verbose = verbose
         self.net_kwargs = net_kwargs
 
-    # -- task-specific stages ------------------------------------------------
+    # -- task-specific stages (the subclasses) -------------------------------------
     @abstractmethod
     def _encode_y(self, y):
         """Validate ``y``, set the target attributes; return (y_tensor, n_out, stratify)."""
@@ -171,7 +176,17 @@ class _BaseFineTuned(TransferEstimatorMixin, BaseEstimator):
     def _criterion(self):
         """The skorch criterion class."""
 
-    # -- fit -------------------------------------------------------------------
+    @abstractmethod
+    def _n_out_meaning(self):
+        """What the ``n_out`` outputs of the head are, for error messages."""
+
+    def _y_kwargs(self):
+        return {"multi_output": False}
+
+    def _class_weights(self, y):
+        return 1.0
+
+    # -- the network ---------------------------------------------------------------
     def _check_hidden(self):
         hidden = tuple(self.head_hidden_sizes)
         for h in hidden:
@@ -180,19 +195,6 @@ class _BaseFineTuned(TransferEstimatorMixin, BaseEstimator):
                     f"head_hidden_sizes must be positive ints, got {self.head_hidden_sizes!r}."
                 )
         return hidden
-
-    def _optimizer_cls_kwargs(self):
-        opt = self.optimizer
-        cls = _OPTIMIZERS[opt] if isinstance(opt, str) else opt
-        if not (isinstance(cls, type) and issubclass(cls, torch.optim.Optimizer)):
-            raise TypeError(
-                f"optimizer must be one of {sorted(_OPTIMIZERS)} or a torch.optim.Optimizer "
-                f"subclass (e.g. torch.optim.RMSprop), got {opt!r}."
-            )
-        kwargs = {"weight_decay": self.weight_decay}
-        if cls is torch.optim.SGD:
-            kwargs["momentum"] = self.momentum
-        return cls, kwargs
 
     def _build_module(self, resolved, features, n_out, seed):
         """Pretrained blocks + a head for ``n_out`` outputs, frozen up to ``freeze_depth``."""
@@ -235,42 +237,35 @@ class _BaseFineTuned(TransferEstimatorMixin, BaseEstimator):
         freeze_blocks(net, depth)
         return net, depth, new_prefixes
 
-    def _validation_split(self, n, stratify, seed):
-        if not self.early_stopping:
-            return np.arange(n), None
-        return holdout_split(n, self.validation_fraction, seed, stratify=stratify)
+    # -- training stages (see _trainer.Trainer) --------------------------------------
+    def _optimizer(self):
+        opt = self.optimizer
+        cls = _OPTIMIZERS[opt] if isinstance(opt, str) else opt
+        if not (isinstance(cls, type) and issubclass(cls, torch.optim.Optimizer)):
+            raise TypeError(
+                f"optimizer must be one of {sorted(_OPTIMIZERS)} or a torch.optim.Optimizer "
+                f"subclass (e.g. torch.optim.RMSprop), got {opt!r}."
+            )
+        kwargs = {"weight_decay": self.weight_decay}
+        if cls is torch.optim.SGD:
+            kwargs["momentum"] = self.momentum
+        return cls, kwargs
 
-    def _callbacks(self, steps_per_epoch):
-        callbacks = [
-            ("train_data_loss", PassthroughScoring(name="train_data_loss", on_train=True)),
-            # several processes (accelerate): every process sees the mean losses
-            ("sync_losses", SyncEpochLosses()),
-            ("finite_loss", FiniteLossCheck()),
-        ]
-        if self.early_stopping:
-            callbacks.append(("early_stopping", EarlyStopping(
-                monitor="valid_loss", patience=self.n_iter_no_change, threshold=self.tol,
-                threshold_mode="rel", load_best=True, sink=print,
-            )))
-        if self.lr_schedule is not None:
-            callbacks.append(("lr_scheduler", self._lr_scheduler(steps_per_epoch)))
-        if self.verbose >= 2:
-            callbacks.append(("progress_bar", ProgressBar()))
-        return callbacks
+    def _scoring_callbacks(self):
+        # the mean data loss alone, next to train_loss (which includes the penalty)
+        return [("train_data_loss", PassthroughScoring(name="train_data_loss", on_train=True))]
 
-    def _lr_scheduler(self, steps_per_epoch):
-        """A skorch ``LRScheduler`` scaling every parameter group's rate by a factor."""
-        from skorch.callbacks import LRScheduler
+    def _schedule_callbacks(self, epochs, steps_per_epoch):
+        if self.lr_schedule is None:
+            return []
+        return [("lr_scheduler", _lr_scheduler(self.lr_schedule, epochs, steps_per_epoch))]
 
-        epochs = self.max_epochs
-        if self.lr_schedule == "onecycle":
-            factor = partial(_one_cycle, total=max(1, epochs * steps_per_epoch))
-            return LRScheduler(policy=torch.optim.lr_scheduler.LambdaLR, lr_lambda=factor,
-                               step_every="batch", event_name=None)
-        warmup = max(1, round(0.1 * epochs)) if self.lr_schedule == "warmup_cosine" else 0
-        factor = partial(_warmup_cosine, warmup=warmup, total=epochs)
-        return LRScheduler(policy=torch.optim.lr_scheduler.LambdaLR, lr_lambda=factor,
-                           step_every="epoch", event_name=None)
+    def _skorch_kwargs(self, dataset):
+        # with sample weights, the net weighs per-sample losses itself
+        return {"criterion__reduction": "none"} if dataset.sample_weight is not None else {}
+
+    def _divergence_advice(self):
+        return " or a smaller alpha, or scale X (e.g. StandardScaler) and, for regression, y."
 
     @_fit_context(prefer_skip_nested_validation=True)
     @one_fit_at_a_time
@@ -314,17 +309,19 @@ class _BaseFineTuned(TransferEstimatorMixin, BaseEstimator):
         features = self._probe(resolved, data, preprocess, seed)
         module, depth, new_prefixes = self._build_module(resolved, features, n_out, seed)
         train_idx, valid_idx = self._validation_split(len(data), stratify, seed)
-        X_train, start = self._training_inputs(module, data, depth, preprocess, device)
+        X_train, start = training_inputs(
+            module, data, depth, preprocess, device, batch_size=self.batch_size,
+            cache_size=self.cache_size, augment=self.augment, verbose=self.verbose)
         dataset = BatchDataset(X_train, y_tensor, preprocess, sample_weight=weights)
-        net = self._make_net(module, depth, new_prefixes, dataset, train_idx, valid_idx, device,
-                             accelerator)
-        module.start_block = start
-        try:
-            fit_seeded(net, dataset, train_idx, seed, device, augment=self.augment)
-        finally:
-            module.start_block = 0
-        history = finish_fit(net, net.module_, "pretrained blocks, new head")
-        module = net.module_
+        net = self._make_net(
+            module, dataset, train_idx, valid_idx, device, accelerator, freeze_depth=depth,
+            penalty=self.penalty, alpha=float(self.alpha),
+            backbone_lr_scale=float(self.backbone_lr_scale), layer_decay=self.layer_decay,
+            new_prefixes=new_prefixes, weighted=weights is not None,
+            unfreeze_every=self.unfreeze_every)
+        with starting_at(module, start):
+            module, history = self._train(net, dataset, train_idx, seed, device,
+                                          "pretrained blocks, new head", augment=self.augment)
         self.module_ = module
         self.device_ = device
         self._preprocess = preprocess
@@ -348,197 +345,12 @@ class _BaseFineTuned(TransferEstimatorMixin, BaseEstimator):
             return None  # equal weights: the plain mean, bit for bit
         return torch.as_tensor(w, dtype=torch.float32)
 
-    def _class_weights(self, y):
-        return 1.0
-
-    def _training_inputs(self, module, data, depth, preprocess, device):
-        """What the trained part of the network sees: ``(X, first trained block)``.
-
-        With frozen blocks and room in ``cache_size``, their outputs are computed
-        once (eval mode, batch by batch) and training starts at block ``depth``;
-        otherwise the raw input, run through the frozen blocks on every batch.
-        """
-        if data.kind in ("tabular", "array"):
-            raw = torch.from_numpy(np.ascontiguousarray(data.data, dtype=np.float32))
-        else:
-            raw = data
-        if depth == 0 or self.cache_size == 0:
-            return raw, 0
-        if self.augment is not None:
-            if self.verbose:
-                print(
-                    "Frozen-prefix cache off: augment changes the inputs of every batch, "
-                    "so the frozen blocks run on every batch."
-                )
-            return raw, 0
-        module.eval()
-        with torch.no_grad():
-            sample = make_batch(data, 0, 1, preprocess).to(device)
-            shape = tuple(module.forward_features(sample, stop=depth).shape[1:])
-            n_bytes = 4 * len(data) * int(np.prod(shape))
-            if n_bytes > self.cache_size * 2**20:
-                if self.verbose:
-                    print(
-                        f"Frozen-prefix cache off: the outputs of the {depth} frozen blocks "
-                        f"need {n_bytes / 2**20:.0f} MB > cache_size={self.cache_size} MB; "
-                        "the frozen blocks run on every batch instead."
-                    )
-                return raw, 0
-            # an earlier fit with the same frozen blocks on the same data (a grid
-            # search over alpha, lr, ...) already computed them
-            key = prefix_cache.prefix_key(module.blocks[:depth], data, preprocess,
-                                          self.batch_size, device)
-            cached = prefix_cache.lookup(key)
-            if cached is not None and tuple(cached.shape) == (len(data), *shape):
-                if self.verbose:
-                    print(
-                        f"Frozen-prefix cache on: outputs of the {depth} frozen blocks "
-                        f"reused from an earlier fit on the same data ({n_bytes / 2**20:.1f}"
-                        f" MB); training starts at block {depth}."
-                    )
-                return cached, depth
-            cached = torch.empty((len(data), *shape), dtype=torch.float32, device=device)
-            start = 0
-            for batch in iter_batches(data, self.batch_size, preprocess, device):
-                out = module.forward_features(batch, stop=depth)
-                cached[start:start + len(out)] = out
-                start += len(out)
-            prefix_cache.store(key, cached, self.cache_size * 2**20)
-        if self.verbose:
-            print(
-                f"Frozen-prefix cache on: outputs of the {depth} frozen blocks computed once "
-                f"({n_bytes / 2**20:.1f} MB); training starts at block {depth}."
-            )
-        return cached, depth
-
-    def _make_net(self, module, depth, new_prefixes, dataset, train_idx, valid_idx, device,
-                  accelerator=None):
-        """The private skorch net for this fit; ``dataset`` holds all samples.
-
-        With an ``accelerator`` the net class gets skorch's ``AccelerateMixin``
-        and the accelerator, not skorch, places the network.
-        """
-        drop_last = len(train_idx) % self.batch_size == 1 and len(train_idx) > 1
-        steps_per_epoch = (len(train_idx) // self.batch_size if drop_last
-                           else -(-len(train_idx) // self.batch_size))
-        weighted = dataset.sample_weight is not None
-        train_split = None
-        if valid_idx is not None:
-            from skorch.helper import predefined_split
-
-            train_split = predefined_split(torch.utils.data.Subset(dataset, valid_idx))
-        opt_cls, opt_kwargs = self._optimizer_cls_kwargs()
-        kwargs = {
-            "criterion": self._criterion(),
-            "optimizer": opt_cls,
-            "lr": self.lr,
-            "max_epochs": self.max_epochs,
-            "batch_size": self.batch_size,
-            "train_split": train_split,
-            "callbacks": self._callbacks(steps_per_epoch),
-            "iterator_train__shuffle": True,
-            # a last batch of one sample breaks BatchNorm in training mode
-            "iterator_train__drop_last": drop_last,
-            "iterator_train__collate_fn": identity_collate,
-            "iterator_valid__collate_fn": identity_collate,
-            "device": device,
-            "verbose": int(self.verbose),
-        }
-        if not self.verbose and accelerator is None:
-            # skorch's epoch table is formatted even when not printed (AccelerateMixin
-            # sets the table's sink, so it keeps the table)
-            kwargs["callbacks__print_log"] = None
-        if weighted:
-            kwargs["criterion__reduction"] = "none"
-        kwargs.update({f"optimizer__{k}": v for k, v in opt_kwargs.items()})
-        check_net_kwargs(self, kwargs, opt_cls, kwargs["criterion"])
-        extra = dict(self.net_kwargs or {})
-        # the user's callbacks come on top of ours (loss check, early stopping, ...)
-        kwargs["callbacks"] = kwargs["callbacks"] + list(extra.pop("callbacks", None) or [])
-        net_cls, accelerate_kwargs = net_class(TransferNet, accelerator, self.verbose)
-        kwargs.update(accelerate_kwargs)
-        kwargs.update(extra)
-        return net_cls(
-            module, freeze_depth=depth, penalty=self.penalty, alpha=float(self.alpha),
-            backbone_lr_scale=float(self.backbone_lr_scale), layer_decay=self.layer_decay,
-            new_prefixes=new_prefixes, weighted=weighted, unfreeze_every=self.unfreeze_every,
-            **kwargs,
-        )
-
-    def _y_kwargs(self):
-        return {"multi_output": False}
-
     # -- inference ---------------------------------------------------------------
     def _outputs(self, X):
         """Raw network outputs for ``X`` (float32 tensor on the CPU)."""
         check_is_fitted(self, "module_")
         data = validate_input(self, X, reset=False)
-        return self._map_batches(data, self.module_)
-
-    def save_weights(self, path):
-        """Save the fine-tuned network to a ``.safetensors`` file, without pickle.
-
-        The file holds the network's tensors and, as metadata, what
-        :meth:`load_weights` needs to rebuild it around the same pretrained
-        model (head configuration, labels or outputs, input layout, history).
-        Share it with the pretrained model's code instead of a pickle, which
-        can run code when loaded.
-
-        Parameters
-        ----------
-        path : str or path-like
-            Where to write; must end in ``.safetensors``.
-
-        Returns
-        -------
-        path : pathlib.Path
-
-        Examples
-        --------
-        >>> import numpy as np, tempfile, os
-        >>> from torch import nn
-        >>> from sktransfer import FineTunedClassifier
-        >>> net = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3))
-        >>> X = np.random.RandomState(0).normal(size=(30, 4)).astype(np.float32)
-        >>> y = (X[:, 0] > 0).astype(int)
-        >>> clf = FineTunedClassifier(model=net, max_epochs=2, random_state=0,
-        ...                           device="cpu").fit(X, y)
-        >>> path = os.path.join(tempfile.mkdtemp(), "clf.safetensors")
-        >>> _ = clf.save_weights(path)
-        >>> again = FineTunedClassifier(model=net, device="cpu").load_weights(path)
-        >>> bool((again.predict_proba(X) == clf.predict_proba(X)).all())
-        True
-        """
-        check_is_fitted(self, "module_")
-        from ._persist import save_weights
-
-        return save_weights(self, path)
-
-    def load_weights(self, path):
-        """Load a network written by :meth:`save_weights`; the estimator becomes fitted.
-
-        ``model`` (and ``weights``) must name the same pretrained architecture
-        that was fine-tuned: the network is rebuilt around it, then every tensor
-        is replaced by the file's. ``head_hidden_sizes``, ``dropout``,
-        ``reuse_head`` and ``freeze_depth`` are set from the file.
-
-        Parameters
-        ----------
-        path : str or path-like
-            A ``.safetensors`` file written by :meth:`save_weights`.
-
-        Returns
-        -------
-        self
-            The estimator, fitted, predicting exactly as the saved one did.
-
-        Examples
-        --------
-        See :meth:`save_weights`.
-        """
-        from ._persist import load_weights
-
-        return load_weights(self, path)
+        return self._map_batches(data, self.module_, self._preprocess)
 
     def __sktransfer_model__(self):
         """The fine-tuned network as a source model for another estimator."""

@@ -23,8 +23,6 @@ so a fitted pretrainer is a valid ``model=`` for the other estimators.
 
 from __future__ import annotations
 
-import copy
-import math
 import numbers
 
 import numpy as np
@@ -34,33 +32,20 @@ from sklearn.base import BaseEstimator, TransformerMixin, _fit_context
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import _check_feature_names_in, check_is_fitted, validate_data
 from skorch import NeuralNet
-from skorch.callbacks import Callback, EarlyStopping, PassthroughScoring, ProgressBar
+from skorch.callbacks import PassthroughScoring
 from skorch.utils import to_tensor
 from torch import nn
 
-from ._accelerate import (
-    SyncEpochLosses,
-    compute_device,
-    net_class,
-    resolve_accelerator,
-    unwrap_module,
-)
+from ._accelerate import compute_device, resolve_accelerator
 from ._base import (
     one_fit_at_a_time,
     seed_from_random_state,
     unchanged_on_error,
 )
 from ._blocknet import BlockNet
-from ._inputs import check_real, clearer_errors
-from ._net import (
-    BatchDataset,
-    RollbackOnInterrupt,
-    check_net_kwargs,
-    finish_fit,
-    fit_seeded,
-    holdout_split,
-    identity_collate,
-)
+from ._inputs import InputData, check_real, clearer_errors
+from ._net import BatchDataset, RollbackOnInterrupt
+from ._trainer import Trainer
 from ._weights import ResolvedModel
 
 __all__ = ["TabularPretrainer"]
@@ -216,21 +201,8 @@ class _PretrainNet(RollbackOnInterrupt, NeuralNet):
         return _nt_xent(y_pred["z1"], y_pred["z2"], self.temperature)
 
 
-class _FiniteLoss(Callback):
-    """Stop with a clear error when the pretraining loss becomes NaN or infinite."""
-
-    def on_epoch_end(self, net, **kwargs):
-        loss = net.history[-1].get("train_loss")
-        if loss is not None and not math.isfinite(loss):
-            raise FloatingPointError(
-                f"The pretraining loss became {loss} at epoch {net.history[-1, 'epoch']}: "
-                f"the fit diverged. Use a smaller lr (now {net.lr:g})"
-                + (" or a larger temperature." if net.method == "contrastive" else ".")
-            )
-
-
 # -- the estimator ----------------------------------------------------------------
-class TabularPretrainer(TransformerMixin, BaseEstimator):
+class TabularPretrainer(TransformerMixin, Trainer, BaseEstimator):
     """Self-supervised pretraining of an MLP encoder on unlabeled table rows.
 
     ``fit(X)`` learns an encoder from rows without labels; ``transform(X)``
@@ -490,71 +462,20 @@ class TabularPretrainer(TransformerMixin, BaseEstimator):
             "or sklearn.feature_selection.VarianceThreshold().fit(X).get_support()."
         )
 
-    def _validation_split(self, n, seed):
-        if not self.early_stopping:
-            return np.arange(n), None
-        return holdout_split(n, self.validation_fraction, seed, unit="rows")
+    # -- training stages (see _trainer.Trainer) --------------------------------------
+    _net_class = _PretrainNet
+    _fitted_modules = ("encoder_",)
+    _loss_name = "pretraining loss"
 
-    def _callbacks(self):
-        callbacks = []
-        if self.method == "masked":
-            for prefix in ("train", "valid"):
-                for part in ("value_mse", "mask_bce"):
-                    callbacks.append((f"{prefix}_{part}", PassthroughScoring(
-                        f"{prefix}_{part}", lower_is_better=None, on_train=prefix == "train",
-                    )))
-        # several processes (accelerate): every process sees the mean losses before
-        # the finite-loss check and early stopping decide
-        callbacks.append(("sync_losses", SyncEpochLosses(
-            ("train_loss", "valid_loss", "train_value_mse", "train_mask_bce",
-             "valid_value_mse", "valid_mask_bce"))))
-        callbacks.append(("finite_loss", _FiniteLoss()))
-        if self.early_stopping:
-            callbacks.append(("early_stopping", EarlyStopping(
-                monitor="valid_loss", patience=self.n_iter_no_change, threshold=self.tol,
-                threshold_mode="rel", load_best=True, sink=print,  # print only if verbose
-            )))
-        if self.verbose >= 2:
-            callbacks.append(("progress_bar", ProgressBar()))
-        return callbacks
+    def _scoring_callbacks(self):
+        if self.method != "masked":
+            return []
+        return [(f"{prefix}_{part}", PassthroughScoring(
+                    f"{prefix}_{part}", lower_is_better=None, on_train=prefix == "train"))
+                for prefix in ("train", "valid") for part in ("value_mse", "mask_bce")]
 
-    def _make_net(self, module, dataset, train_idx, valid_idx, seed, device, accelerator=None):
-        train_split = None
-        if valid_idx is not None:
-            from skorch.helper import predefined_split
-
-            train_split = predefined_split(torch.utils.data.Subset(dataset, valid_idx))
-        kwargs = {
-            "criterion": nn.Identity,  # unused: get_loss computes the pretext loss
-            "optimizer": torch.optim.AdamW,
-            "optimizer__weight_decay": self.weight_decay,
-            "lr": self.lr,
-            "max_epochs": self.max_epochs,
-            "batch_size": self.batch_size,
-            "train_split": train_split,
-            "iterator_train__shuffle": True,
-            # a batch of one row has no negatives for the contrastive loss
-            "iterator_train__drop_last": len(train_idx) % self.batch_size == 1
-            and len(train_idx) > 1,
-            "iterator_train__collate_fn": identity_collate,
-            "iterator_valid__collate_fn": identity_collate,
-            "device": device,
-            "verbose": int(self.verbose),
-        }
-        # the criterion is unused (get_loss computes the pretext loss): not replaceable
-        check_net_kwargs(self, kwargs, kwargs["optimizer"], None)
-        extra = dict(self.net_kwargs or {})
-        callbacks = self._callbacks() + list(extra.pop("callbacks", None) or [])
-        net_cls, accelerate_kwargs = net_class(_PretrainNet, accelerator, self.verbose)
-        kwargs.update(accelerate_kwargs)
-        kwargs.update(extra)
-        kwargs["callbacks"] = callbacks
-        pool = dataset.X[torch.as_tensor(train_idx)]
-        return net_cls(
-            module, method=self.method, mask_rate=float(self.mask_rate),
-            temperature=float(self.temperature), pool=pool, corruption_seed=seed + 1,
-            **kwargs,
-        )
+    def _divergence_advice(self):
+        return " or a larger temperature." if self.method == "contrastive" else "."
 
     @_fit_context(prefer_skip_nested_validation=True)
     @one_fit_at_a_time
@@ -591,12 +512,14 @@ class TabularPretrainer(TransformerMixin, BaseEstimator):
             torch.manual_seed(seed)
             encoder = _build_encoder(mean, scale, hidden, self.dropout)
             module = _PretrainModule(encoder, X.shape[1], hidden[-1], self.method)
-        train_idx, valid_idx = self._validation_split(len(X), seed)
+        train_idx, valid_idx = self._validation_split(len(X), seed=seed, unit="rows")
         dataset = BatchDataset(torch.from_numpy(np.ascontiguousarray(X, dtype=np.float32)))
-        net = self._make_net(module, dataset, train_idx, valid_idx, seed, device, accelerator)
-        fit_seeded(net, dataset, train_idx, seed, device)
-        module = unwrap_module(net.module_)
-        history = finish_fit(net, module, "random initialisation")
+        net = self._make_net(
+            module, dataset, train_idx, valid_idx, device, accelerator, method=self.method,
+            mask_rate=float(self.mask_rate), temperature=float(self.temperature),
+            pool=dataset.X[torch.as_tensor(train_idx)], corruption_seed=seed + 1)
+        module, history = self._train(net, dataset, train_idx, seed, device,
+                                      "random initialisation")
         encoder = module.encoder
         self.encoder_ = encoder
         self.mean_, self.scale_ = mean, scale
@@ -624,14 +547,7 @@ class TabularPretrainer(TransformerMixin, BaseEstimator):
         check_real(X, "X", "TabularPretrainer", what=_TABLE)
         with clearer_errors("X"):
             X = validate_data(self, X, reset=False, dtype=[np.float32, np.float64])
-        out = np.empty((len(X), self.n_features_out_), dtype=np.float32)
-        with torch.inference_mode():
-            for start in range(0, len(X), self.batch_size):
-                chunk = np.ascontiguousarray(X[start:start + self.batch_size],
-                                             dtype=np.float32)
-                batch = torch.from_numpy(chunk).to(self.device_)
-                out[start:start + len(chunk)] = self.encoder_(batch).float().cpu().numpy()
-        return out
+        return self._map_batches(InputData(X, "tabular"), self.encoder_).numpy()
 
     def get_feature_names_out(self, input_features=None):
         """Names ``embedding_0, embedding_1, ...`` of the output columns.
@@ -665,13 +581,3 @@ class TabularPretrainer(TransformerMixin, BaseEstimator):
         tags.non_deterministic = self.random_state is None
         tags.transformer_tags.preserves_dtype = ["float32"]
         return tags
-
-    def __getstate__(self):
-        # pickles hold the encoder on the CPU, so they load on machines without CUDA
-        # a copy: on Python >= 3.11 the base returns the live __dict__ itself
-        state = dict(super().__getstate__())
-        if state.get("encoder_") is not None and getattr(self, "device_", "cpu") != "cpu":
-            state["encoder_"] = copy.deepcopy(state["encoder_"]).to("cpu")
-            state["device_"] = "cpu"
-        return state
-

@@ -11,6 +11,8 @@ MODULES = [
     "sktransfer._extract",
     "sktransfer._finetune",
     "sktransfer._inspect",
+    "sktransfer._persist",
+    "sktransfer._prefix_cache",
     "sktransfer._pretrain",
     "sktransfer._weights",
     "sktransfer.metrics",
