@@ -19,6 +19,7 @@ from ._base import (
 )
 from ._blocknet import pool_features
 from ._blocks import freeze_all
+from ._docstrings import fill_doc
 from ._inputs import validate_input
 
 __all__ = ["FeatureExtractorTransformer", "resolve_layer"]
@@ -66,6 +67,7 @@ def resolve_layer(layer, net):
     )
 
 
+@fill_doc
 class FeatureExtractorTransformer(TransferEstimatorMixin, TransformerMixin, BaseEstimator):
     """Use a frozen pretrained network as a feature extractor.
 
@@ -76,14 +78,7 @@ class FeatureExtractorTransformer(TransferEstimatorMixin, TransformerMixin, Base
 
     Parameters
     ----------
-    model : str, nn.Module, callable or fitted sktransfer estimator, default=None
-        The pretrained network: a torchvision architecture name (``"resnet18"``),
-        an ``nn.Module`` (never modified), a class or zero-argument callable
-        returning one, or a fitted sktransfer estimator. Required.
-    weights : str, path or None, default=None
-        ``None`` keeps the module's weights; a torchvision weights name
-        (``"DEFAULT"``, ``"IMAGENET1K_V1"``) for string models; or a local
-        state-dict file (``.pt``/``.pth``/``.safetensors``).
+    {model_params}
     layer : int, str or None, default=None
         Which output to return: ``None`` the head's input (the usual
         "penultimate" features), an int block index (negative counts from the

@@ -18,8 +18,8 @@ PACKAGE = Path(sktransfer.__file__).parent
 
 # Bottom to top: a module may import only modules of strictly lower layers.
 LAYERS = [
-    # structure: blocks, splits, freezing
-    ["_version", "_blocknet"],
+    # structure: blocks, splits, freezing (and two modules that import nothing)
+    ["_version", "_docstrings", "_blocknet"],
     ["_families"],
     ["_blocks"],
     # inputs and model sources
