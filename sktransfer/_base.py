@@ -12,18 +12,20 @@ from __future__ import annotations
 
 import copy
 import functools
+import numbers
 import threading
 import warnings
 
 import torch
 from sklearn.base import BaseEstimator, clone
+from sklearn.utils._param_validation import Interval, StrOptions
 from torch import nn
 
 from ._blocks import check_split_matches
 from ._inputs import ImagePreprocess, image_mode, iter_batches, make_batch
-from ._weights import resolve_model
+from ._weights import MODEL_CONSTRAINTS, resolve_model
 
-__all__ = ["NetEstimatorMixin", "TransferEstimatorMixin", "resolve_device",
+__all__ = ["NetEstimatorMixin", "TransferEstimatorMixin", "DEVICE_CONSTRAINT", "resolve_device",
            "seed_from_random_state", "unchanged_on_error", "one_fit_at_a_time"]
 
 # torch's random generators (and a GPU) are shared by all threads of a process
@@ -88,15 +90,19 @@ def unchanged_on_error(fit):
     return wrapper
 
 
+#: scikit-learn constraint of every estimator's ``device``; which strings name a
+#: device (``"cuda:1"``) and whether it exists here, constraints cannot express:
+#: :func:`resolve_device` checks that
+DEVICE_CONSTRAINT = [str, torch.device]
+
+
 def resolve_device(device):
-    """``"auto"`` -> ``"cuda"`` when available, else ``"cpu"``; check the rest."""
+    """``"auto"`` -> ``"cuda"`` when available, else ``"cpu"``; check the rest.
+
+    ``device`` has passed ``DEVICE_CONSTRAINT`` (a str or a ``torch.device``).
+    """
     if isinstance(device, torch.device):
         device = str(device)
-    if not isinstance(device, str):
-        raise TypeError(
-            f"device must be 'cpu', 'cuda', 'cuda:<index>' or 'auto', got "
-            f"{type(device).__name__} {device!r}."
-        )
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     try:
@@ -183,8 +189,16 @@ class TransferEstimatorMixin(NetEstimatorMixin):
     resolves a private copy, picks the image preprocessing and probes the net.
 
     Subclasses have ``model``, ``weights``, ``preprocess``, ``batch_size``,
-    ``device`` and ``random_state`` parameters.
+    ``device`` and ``random_state`` parameters, constrained here once.
     """
+
+    _parameter_constraints = {
+        **MODEL_CONSTRAINTS,
+        "preprocess": [StrOptions({"auto"}), callable, None],
+        "batch_size": [Interval(numbers.Integral, 1, None, closed="left")],
+        "device": DEVICE_CONSTRAINT,
+        "random_state": ["random_state"],
+    }
 
     def __sklearn_clone__(self):
         # The pretrained module is read-only for sktransfer (every fit works on a
@@ -217,16 +231,8 @@ class TransferEstimatorMixin(NetEstimatorMixin):
         """The per-image (or uint8 batch) transform: image files and PIL images
         first become the network's mode (``image_mode``), then ``preprocess``."""
         preprocess = self.preprocess
-        if isinstance(preprocess, str):
-            if preprocess != "auto":
-                raise ValueError(
-                    f"preprocess={preprocess!r} is not valid; use 'auto', None or a callable."
-                )
+        if isinstance(preprocess, str):  # "auto", the only string the constraints allow
             preprocess = resolved.preprocess
-        elif not (preprocess is None or callable(preprocess)):
-            raise TypeError(
-                f"preprocess must be 'auto', None or a callable, got {type(preprocess).__name__}."
-            )
         return ImagePreprocess(preprocess, image_mode(resolved.net))
 
     def _probe(self, resolved, data, preprocess, seed):

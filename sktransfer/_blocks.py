@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+from sklearn.utils._param_validation import validate_params
 from torch import nn
 
 from ._blocknet import BlockNet, _chain, _has_params
@@ -95,6 +96,11 @@ def _resolve_names(model, names, what):
     return out
 
 
+@validate_params(
+    {"model": [nn.Module], "blocks": [list, tuple, None], "head": [str, None],
+     "pre_head": [nn.Module, list, tuple, None]},
+    prefer_skip_nested_validation=True,
+)
 def split_model(model, blocks=None, head="auto", pre_head=None):
     """Split ``model`` into blocks and a head, explicitly or by the rules.
 
@@ -143,8 +149,6 @@ def split_model(model, blocks=None, head="auto", pre_head=None):
     >>> bnet(torch.zeros(2, 4)).shape
     torch.Size([2, 3])
     """
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"split_model expects an nn.Module, got {type(model).__name__}.")
     if blocks is None:
         if head != "auto" or pre_head is not None:
             raise ValueError(
@@ -152,10 +156,6 @@ def split_model(model, blocks=None, head="auto", pre_head=None):
                 "pass the block names too."
             )
         return _auto_split(model)
-    if isinstance(blocks, str) or not isinstance(blocks, (list, tuple)):
-        raise TypeError(
-            f"blocks must be a list of submodule names (or lists of names), got {blocks!r}."
-        )
     block_list = []
     for entry in blocks:
         if not isinstance(entry, (str, list, tuple)):
@@ -184,11 +184,6 @@ def split_model(model, blocks=None, head="auto", pre_head=None):
         head_name, head_mod = _resolve_names(model, [head], "head")[0]
     if isinstance(pre_head, (list, tuple)):
         pre_head = _chain([m for _, m in _resolve_names(model, list(pre_head), "pre_head")])
-    elif pre_head is not None and not isinstance(pre_head, nn.Module):
-        raise TypeError(
-            f"pre_head must be None, a parameter-free nn.Module or a list of submodule "
-            f"names, got {type(pre_head).__name__} {pre_head!r}."
-        )
     return BlockNet(block_list, head=head_mod, pre_head=pre_head,
                     head_name=head_name or "head", split_kind="explicit")
 
@@ -287,22 +282,20 @@ def set_trainable_from(bnet, floor, depth):
 
 
 def check_freeze_depth(freeze_depth, n_blocks):
-    """Validate ``freeze_depth`` against ``n_blocks``; return it as an int."""
-    if isinstance(freeze_depth, str):
-        if freeze_depth == "all":
-            return n_blocks
-        raise ValueError(
-            f"freeze_depth={freeze_depth!r} is not valid; use an int in [0, {n_blocks}] "
-            "or 'all'."
-        )
-    if isinstance(freeze_depth, (bool, np.bool_)) or not isinstance(
-        freeze_depth, (int, np.integer)
-    ):
+    """``freeze_depth`` as a number of blocks, checked against ``n_blocks``.
+
+    The estimator's constraints already allow only ints >= 0 and ``"all"``; the
+    upper bound depends on the model, and a bool passes as an int to them
+    (``True`` probably meant ``"all"``), so both are checked here.
+    """
+    if isinstance(freeze_depth, str):  # "all"
+        return n_blocks
+    if isinstance(freeze_depth, (bool, np.bool_)):
         raise TypeError(
             f"freeze_depth must be an int or 'all', got {type(freeze_depth).__name__} "
             f"{freeze_depth!r}."
         )
-    if not 0 <= freeze_depth <= n_blocks:
+    if freeze_depth > n_blocks:
         raise ValueError(
             f"freeze_depth={freeze_depth} is out of range: the model has {n_blocks} blocks, "
             f"so use 0..{n_blocks} or 'all' (see sktransfer.list_blocks(model))."

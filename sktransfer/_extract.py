@@ -39,6 +39,7 @@ def resolve_layer(layer, net):
     if layer == "head":
         return None, "head", True
     if isinstance(layer, (bool, np.bool_)):
+        # an int to the constraints; True/False as a layer is surely a mistake
         raise TypeError(f"layer must be an int, a block name or None, got {layer!r}.")
     if isinstance(layer, (int, np.integer)):
         if not -n <= layer < n:
@@ -48,22 +49,18 @@ def resolve_layer(layer, net):
             )
         idx = int(layer) % n
         return idx + 1, names[idx], False
-    if isinstance(layer, str):
-        if layer in names:
-            idx = names.index(layer)
-            return idx + 1, layer, False
-        # 'a-b' blocks (several Sequential children) answer to their last child's name
-        ends = [nm.rsplit("-", 1)[-1] for nm in names]
-        if ends.count(layer) == 1:
-            idx = ends.index(layer)
-            return idx + 1, names[idx], False
-        raise ValueError(
-            f"layer={layer!r} is not a block of this model; its blocks are {names} "
-            "(see sktransfer.list_blocks(model)). Use one of these names, an int index, "
-            "'head' or None for the head's input."
-        )
-    raise TypeError(
-        f"layer must be an int, a block name, 'head' or None, got {type(layer).__name__}."
+    if layer in names:
+        idx = names.index(layer)
+        return idx + 1, layer, False
+    # 'a-b' blocks (several Sequential children) answer to their last child's name
+    ends = [nm.rsplit("-", 1)[-1] for nm in names]
+    if ends.count(layer) == 1:
+        idx = ends.index(layer)
+        return idx + 1, names[idx], False
+    raise ValueError(
+        f"layer={layer!r} is not a block of this model; its blocks are {names} "
+        "(see sktransfer.list_blocks(model)). Use one of these names, an int index, "
+        "'head' or None for the head's input."
     )
 
 
@@ -141,14 +138,10 @@ class FeatureExtractorTransformer(TransferEstimatorMixin, TransformerMixin, Base
     """
 
     _parameter_constraints = {
-        "model": "no_validation",
-        "weights": "no_validation",
-        "layer": "no_validation",
+        **TransferEstimatorMixin._parameter_constraints,
+        # which ints and names exist depends on the model: checked in resolve_layer
+        "layer": [Interval(numbers.Integral, None, None, closed="neither"), str, None],
         "pooling": [StrOptions(set(_POOLINGS))],
-        "batch_size": [Interval(numbers.Integral, 1, None, closed="left")],
-        "device": "no_validation",
-        "preprocess": "no_validation",
-        "random_state": ["random_state"],
     }
 
     def __init__(self, model=None, weights=None, layer=None, pooling="avg", batch_size=64,

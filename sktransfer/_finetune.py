@@ -95,36 +95,26 @@ class _BaseFineTuned(WeightsFileMixin, TransferEstimatorMixin, Trainer, BaseEsti
     _net_class = TransferNet
 
     _parameter_constraints = {
-        "model": "no_validation",
-        "weights": "no_validation",
-        "freeze_depth": "no_validation",  # checked against the block count in fit
+        **TransferEstimatorMixin._parameter_constraints,
+        **Trainer._parameter_constraints,
+        # the upper bound is the number of blocks, known in fit: check_freeze_depth
+        "freeze_depth": [Interval(numbers.Integral, 0, None, closed="left"),
+                         StrOptions({"all"})],
         "penalty": [StrOptions({"l2", "l1", "l2_sp"}), None],
         "alpha": [Interval(numbers.Real, 0, None, closed="left")],
-        "lr": [Interval(numbers.Real, 0, None, closed="neither")],
         "backbone_lr_scale": [Interval(numbers.Real, 0, None, closed="left")],
         "layer_decay": [Interval(numbers.Real, 0, 1, closed="right"), None],
         "lr_schedule": [StrOptions({"cosine", "warmup_cosine", "onecycle"}), None],
         "unfreeze_every": [Interval(numbers.Integral, 1, None, closed="left"), None],
         "augment": [callable, None],
-        "max_epochs": [Interval(numbers.Integral, 1, None, closed="left")],
-        "batch_size": [Interval(numbers.Integral, 1, None, closed="left")],
+        # a class that must subclass torch.optim.Optimizer: checked in _optimizer
         "optimizer": [StrOptions(set(_OPTIMIZERS)), type],
-        "weight_decay": [Interval(numbers.Real, 0, None, closed="left")],
         "momentum": [Interval(numbers.Real, 0, 1, closed="both")],
+        # every size a positive int: checked in _check_hidden
         "head_hidden_sizes": ["array-like"],
         "dropout": [Interval(numbers.Real, 0, 1, closed="left")],
         "reuse_head": ["boolean"],
-        "early_stopping": ["boolean"],
-        "validation_fraction": [Interval(numbers.Real, 0, 1, closed="neither")],
-        "n_iter_no_change": [Interval(numbers.Integral, 1, None, closed="left")],
-        "tol": [Interval(numbers.Real, 0, None, closed="left")],
         "cache_size": [Interval(numbers.Real, 0, None, closed="left")],
-        "random_state": ["random_state"],
-        "device": "no_validation",
-        "accelerator": "no_validation",  # checked in fit (accelerate is optional)
-        "preprocess": "no_validation",
-        "verbose": ["verbose"],
-        "net_kwargs": [dict, None],
     }
 
     def __init__(self, model=None, weights=None, *, freeze_depth=0, penalty="l2_sp",
@@ -189,6 +179,7 @@ class _BaseFineTuned(WeightsFileMixin, TransferEstimatorMixin, Trainer, BaseEsti
 
     # -- the network ---------------------------------------------------------------
     def _check_hidden(self):
+        # element-wise: the constraints only say "array-like"
         hidden = tuple(self.head_hidden_sizes)
         for h in hidden:
             if isinstance(h, (bool, np.bool_)) or not isinstance(h, numbers.Integral) or h < 1:
@@ -242,7 +233,8 @@ class _BaseFineTuned(WeightsFileMixin, TransferEstimatorMixin, Trainer, BaseEsti
     def _optimizer(self):
         opt = self.optimizer
         cls = _OPTIMIZERS[opt] if isinstance(opt, str) else opt
-        if not (isinstance(cls, type) and issubclass(cls, torch.optim.Optimizer)):
+        # the constraints say "a class"; a subclass of Optimizer, they cannot say
+        if not issubclass(cls, torch.optim.Optimizer):
             raise TypeError(
                 f"optimizer must be one of {sorted(_OPTIMIZERS)} or a torch.optim.Optimizer "
                 f"subclass (e.g. torch.optim.RMSprop), got {opt!r}."

@@ -10,14 +10,19 @@ import copy
 
 import numpy as np
 import torch
+from sklearn.utils._param_validation import validate_params
 from torch import nn
 
 from ._blocknet import _n_params
-from ._weights import resolve_model
+from ._weights import MODEL_CONSTRAINTS, resolve_model
 
 __all__ = ["list_blocks"]
 
 
+@validate_params(
+    {**MODEL_CONSTRAINTS, "input_shape": [tuple, list, None]},
+    prefer_skip_nested_validation=True,
+)
 def list_blocks(model, weights=None, input_shape=None):
     """Describe the blocks of ``model``: what each ``freeze_depth`` freezes.
 
@@ -55,7 +60,8 @@ def list_blocks(model, weights=None, input_shape=None):
     import pandas as pd
 
     if input_shape is not None:
-        if not isinstance(input_shape, (tuple, list)) or not all(
+        # element-wise: the constraints only say "a tuple or a list"
+        if not all(
             isinstance(d, (int, np.integer)) and not isinstance(d, (bool, np.bool_))
             for d in input_shape
         ):

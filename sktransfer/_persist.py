@@ -93,6 +93,7 @@ def _read(path):
 
 
 def load_weights(est, path):
+    est._validate_params()  # as fit does: the network is rebuilt from the parameters
     meta, tensors = _read(path)
     if meta["estimator"] != type(est).__name__:
         raise ValueError(

@@ -201,6 +201,21 @@ class _PretrainNet(RollbackOnInterrupt, NeuralNet):
         return _nt_xent(y_pred["z1"], y_pred["z2"], self.temperature)
 
 
+def _check_hidden(hidden_layer_sizes):
+    """``hidden_layer_sizes`` as a tuple of ints (element-wise: the constraints only
+    say "array-like or a positive int")."""
+    hidden = tuple(np.atleast_1d(np.asarray(hidden_layer_sizes, dtype=object)))
+    if not hidden or any(
+        isinstance(h, (bool, np.bool_)) or not isinstance(h, numbers.Integral) or h < 1
+        for h in hidden
+    ):
+        raise ValueError(
+            "hidden_layer_sizes must be a non-empty tuple of positive ints, e.g. "
+            f"(256, 256); got {hidden_layer_sizes!r}."
+        )
+    return tuple(int(h) for h in hidden)
+
+
 # -- the estimator ----------------------------------------------------------------
 class TabularPretrainer(TransformerMixin, Trainer, BaseEstimator):
     """Self-supervised pretraining of an MLP encoder on unlabeled table rows.
@@ -295,18 +310,14 @@ class TabularPretrainer(TransformerMixin, Trainer, BaseEstimator):
     device : str, default="auto"
         ``"cpu"``, ``"cuda"``, ``"cuda:<i>"`` or ``"auto"`` (CUDA when available).
     accelerator : accelerate.Accelerator, dict or None, default=None
-        Pretrain through Hugging Face ``accelerate``: several GPUs for one fit
-        under ``accelerate launch`` / ``torchrun`` (``batch_size`` per process;
-        contrastive negatives come from each process's own batch), mixed
-        precision. An ``Accelerator`` or a dict of its keyword arguments; leave
-        ``device="auto"``. As in :class:`FineTunedClassifier`.
+        As in :class:`FineTunedClassifier` (Hugging Face ``accelerate``: several
+        GPUs for one fit, mixed precision). ``batch_size`` is per process, and
+        contrastive negatives come from each process's own batch.
     verbose : int, default=0
         0 silent; 1 skorch's table of losses per epoch; 2 also a progress bar.
     net_kwargs : dict or None, default=None
-        Extra keyword arguments for the internal ``skorch.NeuralNet``;
-        ``{"callbacks": [...]}`` adds skorch callbacks to sktransfer's own. Keys
-        that a parameter controls or that sktransfer sets itself, and misspelt
-        keys, raise a ``ValueError`` (as in :class:`FineTunedClassifier`).
+        Extra keyword arguments for the internal ``skorch.NeuralNet``, checked as
+        in :class:`FineTunedClassifier`; ``{"callbacks": [...]}`` adds callbacks.
 
     Attributes
     ----------
@@ -385,6 +396,8 @@ class TabularPretrainer(TransformerMixin, Trainer, BaseEstimator):
     """
 
     _parameter_constraints = {
+        **Trainer._parameter_constraints,
+        # every size a positive int: checked in _check_hidden
         "hidden_layer_sizes": [
             "array-like", Interval(numbers.Integral, 1, None, closed="left"),
         ],
@@ -392,20 +405,10 @@ class TabularPretrainer(TransformerMixin, Trainer, BaseEstimator):
         "mask_rate": [Interval(numbers.Real, 0, 1, closed="neither")],
         "temperature": [Interval(numbers.Real, 0, None, closed="neither")],
         "dropout": [Interval(numbers.Real, 0, 1, closed="left")],
-        "lr": [Interval(numbers.Real, 0, None, closed="neither")],
-        "weight_decay": [Interval(numbers.Real, 0, None, closed="left")],
-        "max_epochs": [Interval(numbers.Integral, 1, None, closed="left")],
-        "batch_size": [Interval(numbers.Integral, 1, None, closed="left")],
-        "early_stopping": ["boolean"],
-        "validation_fraction": [Interval(numbers.Real, 0, 1, closed="neither")],
-        "n_iter_no_change": [Interval(numbers.Integral, 1, None, closed="left")],
-        "tol": [Interval(numbers.Real, 0, None, closed="left")],
-        "random_state": ["random_state"],
-        "device": "no_validation",  # checked in fit (resolve_accelerator)
-        "accelerator": "no_validation",  # checked in fit (accelerate is optional)
-        "verbose": ["verbose"],
-        "net_kwargs": [dict, None],
     }
+    _net_class = _PretrainNet
+    _fitted_modules = ("encoder_",)
+    _loss_name = "pretraining loss"
 
     def __init__(self, hidden_layer_sizes=(256, 256), method="masked", mask_rate=0.3, *,
                  temperature=1.0, dropout=0.0, lr=1e-3, weight_decay=0.0, max_epochs=100,
@@ -432,18 +435,6 @@ class TabularPretrainer(TransformerMixin, Trainer, BaseEstimator):
         self.net_kwargs = net_kwargs
 
     # -- fit ---------------------------------------------------------------------
-    def _check_hidden(self):
-        hidden = tuple(np.atleast_1d(np.asarray(self.hidden_layer_sizes, dtype=object)))
-        if not hidden or any(
-            isinstance(h, (bool, np.bool_)) or not isinstance(h, numbers.Integral) or h < 1
-            for h in hidden
-        ):
-            raise ValueError(
-                "hidden_layer_sizes must be a non-empty tuple of positive ints, e.g. "
-                f"(256, 256); got {self.hidden_layer_sizes!r}."
-            )
-        return tuple(int(h) for h in hidden)
-
     def _check_no_constant_columns(self, X):
         constant = np.flatnonzero(np.ptp(X, axis=0) == 0)
         if constant.size == 0:
@@ -463,16 +454,11 @@ class TabularPretrainer(TransformerMixin, Trainer, BaseEstimator):
         )
 
     # -- training stages (see _trainer.Trainer) --------------------------------------
-    _net_class = _PretrainNet
-    _fitted_modules = ("encoder_",)
-    _loss_name = "pretraining loss"
-
-    def _scoring_callbacks(self):
-        if self.method != "masked":
-            return []
-        return [(f"{prefix}_{part}", PassthroughScoring(
-                    f"{prefix}_{part}", lower_is_better=None, on_train=prefix == "train"))
-                for prefix in ("train", "valid") for part in ("value_mse", "mask_bce")]
+    def _scoring_callbacks(self):  # the two parts of the masked loss
+        names = [f"{p}_{part}" for p in ("train", "valid") for part in ("value_mse", "mask_bce")]
+        return [(name, PassthroughScoring(name, lower_is_better=None,
+                                          on_train=name.startswith("train")))
+                for name in (names if self.method == "masked" else [])]
 
     def _divergence_advice(self):
         return " or a larger temperature." if self.method == "contrastive" else "."
@@ -502,7 +488,7 @@ class TabularPretrainer(TransformerMixin, Trainer, BaseEstimator):
         with clearer_errors("X"):
             X = validate_data(self, X, reset=True, dtype=[np.float64, np.float32],
                               ensure_min_samples=2)
-        hidden = self._check_hidden()
+        hidden = _check_hidden(self.hidden_layer_sizes)
         accelerator, device = resolve_accelerator(self.accelerator, self.device)
         self._check_no_constant_columns(X)
         X64 = np.asarray(X, dtype=np.float64)

@@ -29,16 +29,18 @@ from __future__ import annotations
 
 import inspect
 import math
+import numbers
 import warnings
 
 import numpy as np
 import torch
 from skorch import NeuralNet
+from sklearn.utils._param_validation import HasMethods, Interval
 from skorch.callbacks import Callback, EarlyStopping, ProgressBar
 from torch import nn
 
 from ._accelerate import SyncEpochLosses, net_class, unwrap_module
-from ._base import NetEstimatorMixin
+from ._base import DEVICE_CONSTRAINT, NetEstimatorMixin
 from ._net import identity_collate
 
 __all__ = ["Trainer", "FiniteLossCheck", "holdout_split", "fit_seeded", "finish_fit",
@@ -215,6 +217,24 @@ class Trainer(NetEstimatorMixin):
     ``n_iter_no_change``, ``tol``, ``verbose`` and ``net_kwargs``.
     """
 
+    #: the training parameters every subclass has, constrained once
+    _parameter_constraints = {
+        "lr": [Interval(numbers.Real, 0, None, closed="neither")],
+        "weight_decay": [Interval(numbers.Real, 0, None, closed="left")],
+        "max_epochs": [Interval(numbers.Integral, 1, None, closed="left")],
+        "batch_size": [Interval(numbers.Integral, 1, None, closed="left")],
+        "early_stopping": ["boolean"],
+        "validation_fraction": [Interval(numbers.Real, 0, 1, closed="neither")],
+        "n_iter_no_change": [Interval(numbers.Integral, 1, None, closed="left")],
+        "tol": [Interval(numbers.Real, 0, None, closed="left")],
+        "random_state": ["random_state"],
+        "device": DEVICE_CONSTRAINT,
+        # an accelerate.Accelerator, or a dict of its keyword arguments; that it is
+        # an Accelerator is checked in fit (accelerate is an optional dependency)
+        "accelerator": [None, dict, HasMethods(["prepare", "backward"])],
+        "verbose": ["verbose"],
+        "net_kwargs": [dict, None],
+    }
     #: the skorch ``NeuralNet`` subclass trained by ``fit``
     _net_class = None
     #: how the finite-loss error names the loss

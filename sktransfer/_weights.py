@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import copy
 import difflib
+import enum
 import inspect
 import os
 import pickle
@@ -26,14 +27,24 @@ from pathlib import Path
 from typing import Any, Callable
 
 import torch
+from sklearn.utils._param_validation import HasMethods, Hidden
 from torch import nn
 
 from ._blocknet import BlockNet
 from ._blocks import split_model
 
-__all__ = ["resolve_model", "load_state_dict_file", "WeightsUnavailableError", "ResolvedModel"]
+__all__ = ["resolve_model", "load_state_dict_file", "WeightsUnavailableError", "ResolvedModel",
+           "MODEL_CONSTRAINTS"]
 
 _STATE_DICT_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt", ".safetensors")
+
+#: scikit-learn parameter constraints of ``model`` and ``weights``, shared by the
+#: estimators and ``list_blocks`` (a torchvision weights enum member is accepted
+#: but not advertised in the error message)
+MODEL_CONSTRAINTS = {
+    "model": [str, nn.Module, callable, HasMethods(["__sktransfer_model__"])],
+    "weights": [None, str, os.PathLike, Hidden(enum.Enum)],
+}
 
 
 class WeightsUnavailableError(OSError):
@@ -316,17 +327,17 @@ def _first_linear_in_features(net):
 def resolve_model(model, weights=None):
     """Build a private, split copy of the pretrained network.
 
+    ``model`` and ``weights`` have passed ``MODEL_CONSTRAINTS`` (the callers'
+    parameter validation); what the constraints cannot express (a factory's
+    arguments, a weights name that fits the architecture, a file's contents) is
+    checked here.
+
     Returns
     -------
     ResolvedModel
         ``net`` is a :class:`BlockNet` that shares no parameters with the
         caller's ``model``: modifying it never changes the user's module.
     """
-    if model is None:
-        raise ValueError(
-            "model=None: pass a pretrained network, e.g. model='resnet18', an nn.Module, "
-            "or a fitted sktransfer estimator."
-        )
     preprocess = None
     input_shape = None
     extra: dict[str, Any] = {}
@@ -364,15 +375,9 @@ def resolve_model(model, weights=None):
     elif isinstance(model, nn.Module):
         module = copy.deepcopy(model)
         description = type(model).__name__
-    elif callable(model):
+    else:  # a class or zero-argument callable (MODEL_CONSTRAINTS allow nothing else)
         module = _call_factory(model)
         description = getattr(model, "__name__", type(model).__name__)
-    else:
-        raise TypeError(
-            f"model must be a torchvision model name, an nn.Module, a class or "
-            f"zero-argument callable returning one, or a fitted sktransfer estimator; "
-            f"got {type(model).__name__}."
-        )
     if not isinstance(model, str) and weights is not None:
         if not isinstance(weights, (str, os.PathLike)):
             raise TypeError(

@@ -140,7 +140,8 @@ def test_memory_bounded_by_batch_size(source_cnn, digits):
     (3, ValueError, r"out of range.*3 blocks"),
     (-4, ValueError, "out of range"),
     ("layer9", ValueError, r"not a block.*\['0-2', '3-6', '7-8'\]"),
-    (1.5, TypeError, "layer must be"),
+    (1.5, TypeError, r"The 'layer' parameter of FeatureExtractorTransformer must be an int"),
+    (True, TypeError, "layer must be an int, a block name or None, got True"),
 ])
 def test_bad_layer(source_cnn, digits, layer, error, match):
     with pytest.raises(error, match=match):

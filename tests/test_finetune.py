@@ -537,9 +537,10 @@ def test_model_that_does_not_fit_the_data(tabular_source, digits):
 
 @pytest.mark.parametrize("params, error, match", [
     ({"freeze_depth": 6}, ValueError, "model has 3 blocks"),
-    ({"freeze_depth": -1}, ValueError, "out of range"),
-    ({"freeze_depth": "some"}, ValueError, "'all'"),
-    ({"freeze_depth": 1.5}, TypeError, "freeze_depth must be an int"),
+    ({"freeze_depth": -1}, ValueError, r"'freeze_depth' .* must be an int in the range \[0, inf"),
+    ({"freeze_depth": "some"}, ValueError, r"'freeze_depth' .* or a str among \{'all'\}"),
+    ({"freeze_depth": 1.5}, TypeError, r"'freeze_depth' .*Got 1\.5 instead"),
+    ({"freeze_depth": True}, TypeError, "freeze_depth must be an int or 'all', got bool"),
     ({"alpha": -1.0}, ValueError, "alpha"),
     ({"lr": 0.0}, ValueError, "lr"),
     ({"penalty": "l3"}, ValueError, "penalty"),
