@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import math
 import numbers
-import warnings
 from abc import ABCMeta, abstractmethod
-from functools import partial
 
 import numpy as np
 import torch
@@ -25,14 +22,14 @@ from ._base import (
     seed_from_random_state,
     unchanged_on_error,
 )
-from ._blocknet import GlobalPool
 from ._blocks import check_freeze_depth, freeze_blocks
 from ._docstrings import fill_doc
+from ._heads import attach_head, check_hidden_sizes
 from ._inputs import validate_input
 from ._net import BatchDataset, TransferNet
 from ._persist import WeightsFileMixin
 from ._prefix_cache import starting_at, training_inputs
-from ._trainer import Trainer
+from ._trainer import Trainer, lr_scheduler
 from ._weights import ResolvedModel
 
 __all__ = ["FineTunedClassifier", "FineTunedRegressor"]
@@ -42,50 +39,6 @@ _OPTIMIZERS = {
     "adam": torch.optim.Adam,
     "sgd": torch.optim.SGD,
 }
-
-
-def _warmup_cosine(epoch, warmup, total):
-    """Learning-rate factor: linear warm-up over ``warmup`` epochs, then cosine to 0."""
-    if epoch < warmup:
-        return (epoch + 1) / (warmup + 1)
-    progress = (epoch - warmup) / max(1, total - warmup)
-    return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
-
-
-def _one_cycle(step, total, peak=0.3, start=1 / 25, end=1e-4):
-    """One-cycle factor per batch (Smith 2018, torch's OneCycleLR shape): cosine up
-    from ``start`` to 1 over the first ``peak`` of the steps, then down to ``end``."""
-    up = max(1, round(peak * total))
-    if step < up:
-        return start + (1 - start) * 0.5 * (1 - math.cos(math.pi * step / up))
-    progress = min(1.0, (step - up) / max(1, total - up))
-    return end + (1 - end) * 0.5 * (1 + math.cos(math.pi * progress))
-
-
-def _lr_scheduler(schedule, epochs, steps_per_epoch):
-    """A skorch ``LRScheduler`` scaling every parameter group's rate by a factor."""
-    from skorch.callbacks import LRScheduler
-
-    if schedule == "onecycle":
-        factor = partial(_one_cycle, total=max(1, epochs * steps_per_epoch))
-        return LRScheduler(policy=torch.optim.lr_scheduler.LambdaLR, lr_lambda=factor,
-                           step_every="batch", event_name=None)
-    warmup = max(1, round(0.1 * epochs)) if schedule == "warmup_cosine" else 0
-    factor = partial(_warmup_cosine, warmup=warmup, total=epochs)
-    return LRScheduler(policy=torch.optim.lr_scheduler.LambdaLR, lr_lambda=factor,
-                       step_every="epoch", event_name=None)
-
-
-def _make_head(n_in, n_out, hidden, dropout, pool, channels_last):
-    layers = [GlobalPool("avg", channels_last)] if pool else []
-    width = n_in
-    for h in hidden:
-        layers += [nn.Dropout(dropout)] if dropout else []
-        layers += [nn.Linear(width, h), nn.ReLU()]
-        width = h
-    layers += [nn.Dropout(dropout)] if dropout else []
-    layers.append(nn.Linear(width, n_out))
-    return layers[0] if len(layers) == 1 else nn.Sequential(*layers)
 
 
 class _BaseFineTuned(WeightsFileMixin, TransferEstimatorMixin, Trainer, BaseEstimator,
@@ -110,7 +63,7 @@ class _BaseFineTuned(WeightsFileMixin, TransferEstimatorMixin, Trainer, BaseEsti
         # a class that must subclass torch.optim.Optimizer: checked in _optimizer
         "optimizer": [StrOptions(set(_OPTIMIZERS)), type],
         "momentum": [Interval(numbers.Real, 0, 1, closed="both")],
-        # every size a positive int: checked in _check_hidden
+        # every size a positive int: checked by _heads.check_hidden_sizes
         "head_hidden_sizes": ["array-like"],
         "dropout": [Interval(numbers.Real, 0, 1, closed="left")],
         "reuse_head": ["boolean"],
@@ -178,54 +131,18 @@ class _BaseFineTuned(WeightsFileMixin, TransferEstimatorMixin, Trainer, BaseEsti
         return 1.0
 
     # -- the network ---------------------------------------------------------------
-    def _check_hidden(self):
-        # element-wise: the constraints only say "array-like"
-        hidden = tuple(self.head_hidden_sizes)
-        for h in hidden:
-            if isinstance(h, (bool, np.bool_)) or not isinstance(h, numbers.Integral) or h < 1:
-                raise ValueError(
-                    f"head_hidden_sizes must be positive ints, got {self.head_hidden_sizes!r}."
-                )
-        return hidden
-
     def _build_module(self, resolved, features, n_out, seed):
-        """Pretrained blocks + a head for ``n_out`` outputs, frozen up to ``freeze_depth``."""
+        """Pretrained blocks + a head for ``n_out`` outputs, frozen up to ``freeze_depth``.
+
+        Returns ``(net, number of frozen blocks, parameter-name prefixes of the new
+        parameters)``.
+        """
         net = resolved.net
         depth = check_freeze_depth(self.freeze_depth, len(net.blocks))
-        hidden = self._check_hidden()
-        if self.reuse_head:
-            if not net.has_head:
-                raise ValueError(
-                    "reuse_head=True but the pretrained model has no head (it is an "
-                    "encoder); use reuse_head=False."
-                )
-            with torch.no_grad():
-                out = net.forward_head(features)
-            if out.ndim != 2 or out.shape[1] != n_out:
-                raise ValueError(
-                    f"reuse_head=True needs the pretrained head to output {n_out} values "
-                    f"per sample ({self._n_out_meaning()}), but it outputs "
-                    f"{tuple(out.shape[1:])}. Use reuse_head=False for a new head."
-                )
-            new_prefixes = ()
-            if hidden or self.dropout:
-                warnings.warn(
-                    "head_hidden_sizes and dropout are ignored when reuse_head=True.",
-                    UserWarning, stacklevel=3,
-                )
-        else:
-            # the head's input: features per sample (a map or tokens get pooled first)
-            channel_axis = -1 if features.ndim == 2 or net.channels_last else 1
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(seed)
-                net.head = _make_head(
-                    int(features.shape[channel_axis]), n_out, hidden, self.dropout,
-                    features.ndim > 2, net.channels_last,
-                )
-            net.post_head = nn.Identity()
-            net.has_head = True
-            net.head_name = "head (new)"
-            new_prefixes = ("head.",)
+        hidden = check_hidden_sizes(self.head_hidden_sizes)
+        new_prefixes = attach_head(net, features, n_out, seed, reuse_head=self.reuse_head,
+                                   hidden=hidden, dropout=self.dropout,
+                                   outputs=self._n_out_meaning)
         freeze_blocks(net, depth)
         return net, depth, new_prefixes
 
@@ -251,7 +168,7 @@ class _BaseFineTuned(WeightsFileMixin, TransferEstimatorMixin, Trainer, BaseEsti
     def _schedule_callbacks(self, epochs, steps_per_epoch):
         if self.lr_schedule is None:
             return []
-        return [("lr_scheduler", _lr_scheduler(self.lr_schedule, epochs, steps_per_epoch))]
+        return [("lr_scheduler", lr_scheduler(self.lr_schedule, epochs, steps_per_epoch))]
 
     def _skorch_kwargs(self, dataset):
         # with sample weights, the net weighs per-sample losses itself

@@ -44,7 +44,7 @@ from ._base import DEVICE_CONSTRAINT, NetEstimatorMixin
 from ._net import identity_collate
 
 __all__ = ["Trainer", "FiniteLossCheck", "holdout_split", "fit_seeded", "finish_fit",
-           "check_net_kwargs"]
+           "check_net_kwargs", "lr_scheduler"]
 
 
 def holdout_split(n, validation_fraction, seed, stratify=None, unit="samples"):
@@ -207,6 +207,53 @@ class FiniteLossCheck(Callback):
                 f"The {self.loss_name} became {loss} at epoch {epoch}: the fit diverged. "
                 f"Use a smaller lr (now {net.lr:g}){self.advice}"
             )
+
+
+def _warmup_cosine(optimizer, warmup, epochs, last_epoch=-1):
+    """torch's ``LinearLR`` warm-up over ``warmup`` epochs, then ``CosineAnnealingLR`` to 0.
+
+    Each group's rate is ``(e + 1) / (warmup + 1)`` of its own in epoch ``e <
+    warmup``, then anneals from the full rate to 0 at the end of ``epochs``.
+    """
+    from torch.optim.lr_scheduler import CosineAnnealingLR, LinearLR, SequentialLR
+
+    if not warmup:
+        return CosineAnnealingLR(optimizer, T_max=epochs, last_epoch=last_epoch)
+    return SequentialLR(
+        optimizer,
+        [LinearLR(optimizer, start_factor=1 / (warmup + 1), total_iters=warmup),
+         CosineAnnealingLR(optimizer, T_max=max(1, epochs - warmup))],
+        milestones=[warmup], last_epoch=last_epoch,
+    )
+
+
+def _one_cycle(optimizer, total_steps, last_epoch=-1):
+    """torch's ``OneCycleLR`` (Smith 2018) with each group's own rate as its peak:
+    up from 1/25 of it over the first 30% of the steps, then down to 1e-4 of it.
+    The optimizer's momentum is left alone."""
+    from torch.optim.lr_scheduler import OneCycleLR
+
+    return OneCycleLR(
+        optimizer, max_lr=[group["lr"] for group in optimizer.param_groups],
+        total_steps=total_steps, pct_start=0.3, div_factor=25, final_div_factor=1e4 / 25,
+        cycle_momentum=False, last_epoch=last_epoch,
+    )
+
+
+def lr_scheduler(schedule, epochs, steps_per_epoch):
+    """A skorch ``LRScheduler`` running torch's scheduler for ``schedule`` over this fit.
+
+    ``"cosine"`` and ``"warmup_cosine"`` step once per epoch (the warm-up spans
+    10% of ``epochs``, at least one); ``"onecycle"`` steps once per batch.
+    """
+    from skorch.callbacks import LRScheduler
+
+    if schedule == "onecycle":
+        return LRScheduler(policy=_one_cycle, total_steps=max(1, epochs * steps_per_epoch),
+                           step_every="batch", event_name=None)
+    warmup = max(1, round(0.1 * epochs)) if schedule == "warmup_cosine" else 0
+    return LRScheduler(policy=_warmup_cosine, warmup=warmup, epochs=epochs,
+                       step_every="epoch", event_name=None)
 
 
 class Trainer(NetEstimatorMixin):

@@ -28,7 +28,7 @@ LAYERS = [
     ["_inspect"],
     # shared estimator pieces, then training
     ["_base"],
-    ["_prefix_cache", "_penalties", "_accelerate"],
+    ["_prefix_cache", "_penalties", "_accelerate", "_heads"],
     ["_net"],
     ["_trainer"],
     ["_persist"],
@@ -141,4 +141,25 @@ def test_imports_run_one_way(name):
     assert not upward, (
         f"{name} imports {upward}, which sit at its level or above it in the import "
         "order (structure -> weights -> training -> estimators -> public face)."
+    )
+
+
+MAX_MODULE_LINES, MAX_CLASS_LINES = 600, 350
+
+
+@pytest.mark.parametrize("name", _modules())
+def test_modules_and_classes_stay_small(name):
+    source = (PACKAGE / f"{name}.py").read_text()
+    n_lines = len(source.splitlines())
+    assert n_lines <= MAX_MODULE_LINES, (
+        f"sktransfer/{name}.py has {n_lines} lines (more than {MAX_MODULE_LINES}): split it "
+        "along a concept, as README's Development section describes."
+    )
+    big = {node.name: node.end_lineno - node.lineno + 1
+           for node in ast.walk(ast.parse(source)) if isinstance(node, ast.ClassDef)
+           and node.end_lineno - node.lineno + 1 > MAX_CLASS_LINES}
+    assert not big, (
+        f"classes of sktransfer/{name}.py longer than {MAX_CLASS_LINES} lines: {big}; move "
+        "what is not the class's own concern to the module that owns it (or share a "
+        "docstring fragment, sktransfer/_docstrings.py)."
     )
