@@ -1,7 +1,17 @@
-"""Private numerics and input checks behind :mod:`sktransfer.metrics`.
+"""Private input checks, numerics and helpers behind :mod:`sktransfer.metrics`.
 
-Everything here works on validated float64 arrays; the public functions in
-``metrics.py`` validate, document and dispatch.
+``metrics.py`` holds the public functions, their documentation and their
+parameter validation (``validate_params``). This module holds what they run:
+
+* input checks that turn features, labels and probabilities into validated
+  float64 arrays, with errors that name the input and the fix
+  (``check_features``, ``check_labels``, ``check_proba``, ``check_same_length``);
+* the numerics on those arrays: LogME's evidence (``logme_targets``,
+  ``logme_evidences``, ``logme_fit``), ``h_score_from_labels``,
+  ``leep_from_proba``, ``nce_from_labels``;
+* the pieces of the scorer, of ``rank_models`` and of ``domain_shift_score``
+  (``TransferabilityScorer``, ``transform_features``, ``score_candidate``,
+  ``domain_accuracy``).
 """
 
 from __future__ import annotations

@@ -401,11 +401,16 @@ def transferability_scorer(metric="logme", **kwargs):
     >>> y = (X[:, 0] > 0).astype(int)
     >>> net = nn.Sequential(nn.Linear(6, 16), nn.ReLU(), nn.Linear(16, 8), nn.ReLU(),
     ...                     nn.Linear(8, 2))
+    >>> scorer = transferability_scorer("logme")
     >>> search = GridSearchCV(
     ...     FeatureExtractorTransformer(model=net, device="cpu"), {"layer": [0, 1]},
-    ...     scoring=transferability_scorer("logme"),
-    ...     cv=StratifiedKFold(3, shuffle=True, random_state=0)).fit(X, y)
-    >>> search.best_params_["layer"] in (0, 1)
+    ...     scoring=scorer, cv=StratifiedKFold(3, shuffle=True, random_state=0)).fit(X, y)
+
+    The scorer scores the features of the layer each candidate extracts:
+
+    >>> from sktransfer.metrics import logme_score
+    >>> best = search.best_estimator_
+    >>> bool(scorer(best, X, y) == logme_score(best.transform(X), y))
     True
     """
     func, params = _resolve_metric(metric, kwargs)

@@ -78,10 +78,16 @@ def test_over_budget_falls_back_and_says_so(net, digits, capsys):
                               cache_size=1e-3, random_state=0, device="cpu").fit(X, y)
     out = capsys.readouterr().out
     assert "Frozen-prefix cache off" in out and "cache_size=0.001 MB" in out
-    assert est.module_.start_block == 0
-    FineTunedClassifier(model=net, freeze_depth=1, max_epochs=1, verbose=1, random_state=0,
-                        device="cpu").fit(X, y)
+    cached = FineTunedClassifier(model=net, freeze_depth=1, max_epochs=1, verbose=1,
+                                 random_state=0, device="cpu").fit(X, y)
     assert "Frozen-prefix cache on" in capsys.readouterr().out
+    # trained on cached outputs of block 0, the fitted network runs from block 0 again
+    assert cached.module_.start_block == 0
+    module = cached.module_
+    with torch.no_grad():
+        logits = module.forward_head(module.forward_features(torch.as_tensor(X)))
+    np.testing.assert_allclose(cached.predict_proba(X), torch.softmax(logits, 1).numpy(),
+                               rtol=1e-5, atol=1e-6)
 
 
 def test_no_cache_without_frozen_blocks(net, digits, capsys):
