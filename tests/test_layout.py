@@ -163,3 +163,14 @@ def test_modules_and_classes_stay_small(name):
         "what is not the class's own concern to the module that owns it (or share a "
         "docstring fragment, sktransfer/_docstrings.py)."
     )
+
+
+# modules with no logic of their own to test
+WITHOUT_TESTS = {"__init__", "_version"}
+
+
+def test_every_module_has_its_test_file():
+    tests = Path(__file__).parent
+    missing = [f"tests/test_{name.lstrip('_')}.py" for name in _modules()
+               if name not in WITHOUT_TESTS and not (tests / f"test_{name.lstrip('_')}.py").exists()]
+    assert not missing, f"the tests of a package module live in tests/test_<module>.py: {missing}"
