@@ -8,7 +8,7 @@ import re
 import numpy as np
 from sklearn.base import BaseEstimator, TransformerMixin, _fit_context
 from sklearn.utils._param_validation import Interval, StrOptions
-from sklearn.utils.validation import check_is_fitted
+from sklearn.utils.validation import _check_feature_names_in, check_is_fitted
 
 from ._base import (
     TransferEstimatorMixin,
@@ -229,13 +229,15 @@ class FeatureExtractorTransformer(TransferEstimatorMixin, TransformerMixin, Base
         Parameters
         ----------
         input_features : array-like of str or None, default=None
-            Ignored (the features are not the input columns).
+            Only checked against the input columns seen in ``fit`` (their names,
+            or their number): the output features are not input columns.
 
         Returns
         -------
         feature_names_out : ndarray of str
         """
         check_is_fitted(self, "n_features_out_")
+        _check_feature_names_in(self, input_features, generate_names=False)
         prefix = re.sub(r"[^0-9a-zA-Z_]+", "_", self.layer_name_)
         if prefix[:1].isdigit():
             prefix = f"block_{prefix}"

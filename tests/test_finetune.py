@@ -672,3 +672,10 @@ def test_blocks_waiting_to_be_unfrozen_get_no_penalty_step(source_cnn, digits):
     for b_new, b_ref in zip(est.module_.blocks, ref.blocks):
         for p, q in zip(b_new.parameters(), b_ref.parameters()):
             assert torch.equal(p, q)  # only the head trained in these 2 epochs
+
+
+def test_the_shared_base_is_abstract():
+    from sktransfer._finetune import _BaseFineTuned
+
+    with pytest.raises(TypeError, match="abstract"):
+        _BaseFineTuned()
