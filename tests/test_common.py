@@ -62,6 +62,13 @@ def test_every_public_estimator_is_checked():
     assert not missing, f"add check parameters for {missing} to INIT_PARAMS"
 
 
+def test_every_parameter_has_a_constraint():
+    """scikit-learn validates only the parameters named in _parameter_constraints."""
+    for cls in public_estimators():
+        params = set(inspect.signature(cls).parameters)
+        assert params == set(cls._parameter_constraints), cls.__name__
+
+
 @parametrize_with_checks(
     ESTIMATORS,
     expected_failed_checks=lambda est: EXPECTED_FAILED_CHECKS.get(type(est).__name__, {}),
