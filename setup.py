@@ -19,9 +19,18 @@ SCALE_OUT = {
     "accelerate": ["accelerate>=0.28"],
 }
 
+MODEL_SOURCES = {
+    # model="timm:<name>": timm image models (group_matcher, forward_head(pre_logits=True))
+    "timm": ["timm>=1.0"],
+    # model="hf:<directory or hub id>": transformers text encoders and their tokenizers
+    # (>= 5: encoder layers take the mask from transformers.masking_utils)
+    "hf": ["transformers>=5.0", "tokenizers>=0.22"],
+}
+
 EXTRAS = {
     "plot": ["matplotlib>=3.6"],
     **SCALE_OUT,
+    **MODEL_SOURCES,
     "distributed": sorted({req for reqs in SCALE_OUT.values() for req in reqs}),
     "test": [
         "pytest>=7",
@@ -29,8 +38,12 @@ EXTRAS = {
         "matplotlib>=3.6",
         # the scale-out tests start real local dask and Ray clusters and torchrun
         *(req for reqs in SCALE_OUT.values() for req in reqs),
+        # tiny timm models and Hugging Face encoders built in the tests (no download)
+        *(req for reqs in MODEL_SOURCES.values() for req in reqs),
     ],
     "docs": [
+        # the gallery runs examples/plot_text_column.py (a tiny local encoder)
+        *MODEL_SOURCES["hf"],
         "sphinx>=7",
         "numpydoc>=1.6",
         "sphinx-gallery>=0.15",

@@ -12,14 +12,19 @@ import numpy as np
 import torch
 
 
-def parse_args(description):
+def parser(description):
+    """The options every benchmark takes; a benchmark may add its own."""
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--quick", action="store_true",
                         help="smaller sizes: checks that the script runs, not a measurement")
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
     parser.add_argument("--repeats", type=int, default=1,
                         help="repeat each timing and keep the fastest")
-    return parser.parse_args()
+    return parser
+
+
+def parse_args(description):
+    return parser(description).parse_args()
 
 
 def images(n, size, n_classes=10, seed=0):

@@ -60,12 +60,10 @@ import pandas as pd
 import torch
 from scipy.special import softmax
 from scipy.stats import kendalltau
-from sklearn.datasets import load_digits
-from sklearn.model_selection import train_test_split
-from torch import nn
 from tqdm import tqdm
 
 from sktransfer import FeatureExtractorTransformer, FineTunedClassifier
+from sktransfer.datasets import load_shifted_digits, make_digits_cnn, split_per_class
 from sktransfer.metrics import domain_shift_score, leep_score, nce_score, rank_models
 
 FAST = os.environ.get("SKTRANSFER_EXAMPLE_FAST") == "1" or "--fast" in sys.argv
@@ -101,41 +99,17 @@ print(f"{'fast' if FAST else 'full'} mode: {N_PER_CLASS} labels per class, {N_DR
 # what a CNN learns on the source task (stroke detectors that work wherever
 # the digit is). Source: digits 0-4, three shifted copies of each training
 # image. Target: digits 5-9, one shifted copy, split into a pool the labelled
-# images are drawn from and a test set.
+# images are drawn from and a test set
+# (:func:`sktransfer.datasets.load_shifted_digits`).
 
-digits = load_digits()
-images = (digits.images / 16.0).astype(np.float32)  # (1797, 8, 8), in [0, 1]
-labels = digits.target
-
-
-def place_randomly(images, copies, seed, size=12):
-    """Paste each 8x8 image at a random position of a size x size canvas."""
-    rng = np.random.RandomState(seed)
-    out = np.zeros((copies * len(images), 1, size, size), dtype=np.float32)
-    for c in range(copies):
-        rows, cols = rng.randint(0, size - 8 + 1, size=(2, len(images)))
-        for i, (r, s) in enumerate(zip(rows, cols)):
-            out[c * len(images) + i, 0, r:r + 8, s:s + 8] = images[i]
-    return out
-
-
-def place_centred(images, size=12):
-    """Paste each 8x8 image in the middle of a size x size canvas."""
-    out = np.zeros((len(images), 1, size, size), dtype=np.float32)
-    m = (size - 8) // 2
-    out[:, 0, m:m + 8, m:m + 8] = images
-    return out
-
-
-is_source = labels < 5
-img_source, y_source_img = images[is_source], labels[is_source]
-X_source = place_randomly(img_source, copies=3, seed=0)
-y_source = np.tile(y_source_img, 3)
-
-X_target = place_randomly(images[~is_source], copies=1, seed=1)
-X_pool, X_test, y_pool, y_test = train_test_split(
-    X_target, labels[~is_source], test_size=0.5, stratify=labels[~is_source], random_state=0
-)
+data = load_shifted_digits(n_per_class=None)  # sktransfer.datasets, made locally
+X_source, y_source = data.X_source, data.y_source
+X_pool, y_pool, X_test, y_test = data.X_pool, data.y_pool, data.X_test, data.y_test
+X_target = np.concatenate([X_pool, X_test])  # every target image
+# The same source images, unshifted (an 8x8 canvas), then centred on 12x12.
+centred = load_shifted_digits(n_per_class=None, canvas_size=8, n_source_copies=1)
+X_centred = np.pad(centred.X_source, ((0, 0), (0, 0), (2, 2), (2, 2)))
+y_centred = centred.y_source
 print(f"source: {len(X_source)} images of digits 0-4; target: a pool of {len(X_pool)} "
       f"images of digits 5-9 to draw labels from, {len(X_test)} test images")
 
@@ -147,41 +121,28 @@ print(f"source: {len(X_source)} images of digits 0-4; target: a pool of {len(X_p
 # layers, is plain supervised training: this is how sktransfer pretrains
 # the candidates. A fitted estimator is itself a valid ``model=`` for the
 # extractors and fine-tuned classifiers below. All candidates share the
-# architecture and the initial weights (``make_cnn(seed=0)``); they differ
-# only in what they were trained on, and for how long.
-
-
-def make_cnn(seed=0):
-    """An untrained CNN for one-channel 12x12 images: three blocks and a head."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        return nn.Sequential(
-            nn.Conv2d(1, 16, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),  # block 0
-            nn.Conv2d(16, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),  # block 1
-            nn.Flatten(),
-            nn.Linear(32 * 3 * 3, 64), nn.ReLU(),  # block 2
-            nn.Linear(64, 5),  # head
-        )
+# architecture and the initial weights (:func:`sktransfer.datasets.make_digits_cnn`
+# with ``random_state=0``); they differ only in what they were trained on, and
+# for how long.
 
 
 def pretrain(X, y, epochs):
-    """Train ``make_cnn()`` on a source set with sktransfer."""
+    """Train ``make_digits_cnn()`` on a source set with sktransfer."""
     return FineTunedClassifier(
-        model=make_cnn, penalty=None, lr=3e-3, backbone_lr_scale=1.0, max_epochs=epochs,
+        model=make_digits_cnn, penalty=None, lr=3e-3, backbone_lr_scale=1.0, max_epochs=epochs,
         batch_size=64, random_state=0,
     ).fit(X, y)
 
 
 rng = np.random.RandomState(0)
-small = np.concatenate([rng.choice(np.flatnonzero(y_source == c), 20, replace=False)
-                        for c in range(5)])  # 20 source images per class
+X_small, _, y_small, _ = split_per_class(X_source, y_source, 20, random_state=rng)
 SOURCES = {
     # name: (source images, source labels, epochs)
     "0-4, 10 epochs": (X_source, y_source, 10),
     "0-4, 3 epochs": (X_source, y_source, 3),
     "0-4, 1 epoch": (X_source, y_source, 1),
-    "0-4, 100 images": (X_source[small], y_source[small], 60),  # ~as many steps as 3 epochs
-    "0-4, centred digits": (place_centred(img_source), y_source_img, 10),
+    "0-4, 100 images": (X_small, y_small, 60),  # 20 per class; ~as many steps as 3 epochs
+    "0-4, centred digits": (X_centred, y_centred, 10),
     "0-1 only": (X_source[y_source < 2], y_source[y_source < 2], 10),
     "shuffled labels": (X_source, rng.permutation(y_source), 10),
 }
@@ -190,8 +151,8 @@ t0 = time.perf_counter()
 for name, (X_src, y_src, epochs) in tqdm(SOURCES.items(), desc="pretraining", unit="model"):
     candidates[name] = pretrain(X_src, y_src, epochs)
     source_acc[name] = candidates[name].score(X_src, y_src)
-# The untrained network: ``make_cnn`` itself (a factory is a valid ``model=``).
-candidates["untrained"] = make_cnn
+# The untrained network: ``make_digits_cnn`` itself (a factory is a valid ``model=``).
+candidates["untrained"] = make_digits_cnn
 print(f"{len(SOURCES)} candidates pretrained in {time.perf_counter() - t0:.1f} s; "
       "training accuracy on their source sets:")
 for name, acc in source_acc.items():
@@ -225,12 +186,8 @@ def source_proba(candidate, X):
 
 def draw_labelled(seed):
     """``N_PER_CLASS`` labelled images of each target class, from the pool."""
-    rng = np.random.RandomState(seed)
-    idx = np.concatenate([
-        rng.choice(np.flatnonzero(y_pool == c), N_PER_CLASS, replace=False)
-        for c in np.unique(y_pool)
-    ])
-    return X_pool[idx], y_pool[idx]
+    X_lab, _, y_lab, _ = split_per_class(X_pool, y_pool, N_PER_CLASS, random_state=seed)
+    return X_lab, y_lab
 
 
 SCORES = {"LogME": "logme", "H-score (shrinkage)": "h_score_shrinkage",
@@ -410,9 +367,6 @@ fig.savefig(OUTPUT_DIR / "choose_source_model_logme.png", dpi=120)
 # pretrained model and for the one pretrained on centred digits; two random
 # halves of the target set give the noise floor.
 
-X_centred = place_centred(img_source)
-
-
 def raw_pixels(X):
     """The 144 pixel values of each image."""
     return X.reshape(len(X), -1)
@@ -519,7 +473,7 @@ print(f"- The score that follows the accuracy most closely here is {best_tau}. W
       f"{len(table)} candidates, one swapped pair changes tau by "
       f"{2 / (len(table) * (len(table) - 1) / 2):.2f}.")
 ratio = finetune_seconds / seconds["LogME"]
-n_params = sum(p.numel() for p in make_cnn().parameters())
+n_params = sum(p.numel() for p in make_digits_cnn().parameters())
 print(f"- Scoring one candidate took {seconds['LogME']:.3f} s (LogME) against "
       f"{finetune_seconds:.2f} s to fine-tune it ({ratio:.0f}x), for a CNN with "
       f"{n_params / 1000:.0f}k parameters and {len(X_lab)} images; the gap grows with the "

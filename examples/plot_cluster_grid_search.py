@@ -65,6 +65,7 @@ from sklearn.preprocessing import StandardScaler
 from torch import nn
 
 from sktransfer import FineTunedClassifier, FineTunedRegressor
+from sktransfer.datasets import make_tabular_transfer
 
 FAST = os.environ.get("SKTRANSFER_EXAMPLE_FAST") == "1" or "--fast" in sys.argv
 PRETRAIN_EPOCHS, MAX_EPOCHS, CV = (15, 20, 3) if FAST else (40, 30, 5)
@@ -75,24 +76,10 @@ try:
 except NameError:  # run interactively, e.g. pasted into a notebook
     OUTPUT_DIR = Path("output")
 
-rng = np.random.RandomState(0)
-N_FEATURES, N_FACTORS = 20, 6
-MIXING = rng.normal(size=(N_FACTORS, N_FEATURES))
-
-
-def draw_rows(n):
-    z = rng.normal(size=(n, N_FACTORS))
-    X = np.tanh(z) @ MIXING + 0.3 * rng.normal(size=(n, N_FEATURES))
-    return X.astype(np.float32), z
-
-
-X_source, z = draw_rows(3000)
-y_source = np.stack([np.sin(z[:, 0]) + z[:, 1] ** 2, z[:, 2] * z[:, 3], np.abs(z[:, 4]),
-                     z[:, 5] ** 3 / 3], axis=1)
-y_source = ((y_source - y_source.mean(0)) / y_source.std(0)).astype(np.float32)
-X_target, z = draw_rows(200)
-score = np.sin(z[:, 0]) + z[:, 1] ** 2 + 1.5 * z[:, 2] * z[:, 3] - np.abs(z[:, 4])
-y_target = (score > np.median(score)).astype(int)
+# the generator of plot_grid_search_heatmap.py: 3000 source rows, 200 labelled target rows
+data = make_tabular_transfer(n_source=3000, n_train=200, n_test=0, random_state=0)
+X_source, y_source, X_target, y_target = data.X_source, data.y_source, data.X_train, data.y_train
+N_FEATURES = X_target.shape[1]
 
 
 def make_mlp():

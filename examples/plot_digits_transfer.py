@@ -45,15 +45,14 @@ from matplotlib.ticker import MaxNLocator
 import numpy as np
 import pandas as pd
 import torch
-from sklearn.datasets import load_digits
 from sklearn.linear_model import LogisticRegression
-from sklearn.model_selection import GridSearchCV, train_test_split
+from sklearn.model_selection import GridSearchCV
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
-from torch import nn
 from tqdm import tqdm
 
 from sktransfer import FeatureExtractorTransformer, FineTunedClassifier, list_blocks
+from sktransfer.datasets import load_shifted_digits, make_digits_cnn, split_per_class
 
 FAST = os.environ.get("SKTRANSFER_EXAMPLE_FAST") == "1" or "--fast" in sys.argv
 
@@ -102,40 +101,14 @@ print(f"{'fast' if FAST else 'full'} mode: label budgets {BUDGETS}, {N_REPEATS} 
 #   held-out source test set to check the pretraining;
 # * target: digits 5-9, one shifted copy; half of it is a pool the labelled
 #   images are drawn from, the other half is the test set of every comparison.
+#
+# :func:`sktransfer.datasets.load_shifted_digits` builds both from
+# scikit-learn's bundled digits.
 
-digits = load_digits()
-images = (digits.images / 16.0).astype(np.float32)  # (1797, 8, 8), in [0, 1]
-labels = digits.target
-
-
-def place_randomly(images, copies, seed, size=12):
-    """Paste each 8x8 image at a random position of a size x size canvas.
-
-    Returns an array of shape (copies * n_images, 1, size, size): one
-    channel, the (n, C, H, W) layout that PyTorch networks expect.
-    """
-    rng = np.random.RandomState(seed)
-    out = np.zeros((copies * len(images), 1, size, size), dtype=np.float32)
-    for c in range(copies):
-        rows, cols = rng.randint(0, size - 8 + 1, size=(2, len(images)))
-        for i, (r, s) in enumerate(zip(rows, cols)):
-            out[c * len(images) + i, 0, r:r + 8, s:s + 8] = images[i]
-    return out
-
-
-is_source = labels < 5
-img_train, img_test, y_source_train, y_source_test = train_test_split(
-    images[is_source], labels[is_source], test_size=0.2, stratify=labels[is_source],
-    random_state=0,
-)
-X_source = place_randomly(img_train, copies=3, seed=0)
-y_source = np.tile(y_source_train, 3)
-X_source_test = place_randomly(img_test, copies=1, seed=1)
-
-X_target = place_randomly(images[~is_source], copies=1, seed=2)
-X_pool, X_test, y_pool, y_test = train_test_split(
-    X_target, labels[~is_source], test_size=0.5, stratify=labels[~is_source], random_state=0
-)
+data = load_shifted_digits(n_per_class=None)  # the labelled images are drawn below
+X_source, y_source = data.X_source, data.y_source
+X_source_test, y_source_test = data.X_source_test, data.y_source_test
+X_pool, y_pool, X_test, y_test = data.X_pool, data.y_pool, data.X_test, data.y_test
 print(f"source: {len(X_source)} training images of digits 0-4 "
       f"({len(X_source_test)} held out)")
 print(f"target: a pool of {len(X_pool)} images of digits 5-9 to draw labels from, "
@@ -162,27 +135,15 @@ fig.savefig(OUTPUT_DIR / "digits_transfer_samples.png", dpi=120)
 # ---------------------------------
 # sktransfer also trains the source model: a :class:`~sktransfer.FineTunedClassifier`
 # whose ``model`` is a factory of an *untrained* network, with no penalty and
-# one learning rate for all layers, is plain supervised training. The factory
-# seeds the network's initial weights itself; ``random_state`` seeds the new
-# head, the shuffling of the batches and the rest.
-
-
-def make_cnn(seed=0):
-    """An untrained CNN for one-channel 12x12 images: three blocks and a head."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        return nn.Sequential(
-            nn.Conv2d(1, 16, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),  # block 0
-            nn.Conv2d(16, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),  # block 1
-            nn.Flatten(),
-            nn.Linear(32 * 3 * 3, 64), nn.ReLU(),  # block 2
-            nn.Linear(64, 5),  # head: replaced by a head sized from y at fit time
-        )
-
+# one learning rate for all layers, is plain supervised training. The factory,
+# :func:`sktransfer.datasets.make_digits_cnn`, returns a plain ``nn.Sequential``
+# (conv-pool, conv-pool, a 64-unit linear layer, a 5-class head) with initial
+# weights seeded by its ``random_state``; the estimator's ``random_state``
+# seeds the new head, the shuffling of the batches and the rest.
 
 t0 = time.perf_counter()
 source_clf = FineTunedClassifier(
-    model=make_cnn, penalty=None, lr=3e-3, backbone_lr_scale=1.0,
+    model=make_digits_cnn, penalty=None, lr=3e-3, backbone_lr_scale=1.0,
     max_epochs=PRETRAIN_EPOCHS, batch_size=64, random_state=0,
 ).fit(X_source, y_source)
 print(f"pretrained in {time.perf_counter() - t0:.1f} s; accuracy on held-out source "
@@ -210,7 +171,7 @@ print("head:", blocks.attrs["head"])
 
 def from_scratch(seed):
     """The same CNN, randomly initialised, trained on the target labels only."""
-    return FineTunedClassifier(model=partial(make_cnn, seed=seed), penalty=None,
+    return FineTunedClassifier(model=partial(make_digits_cnn, random_state=seed), penalty=None,
                                random_state=seed, **TRAINING)
 
 
@@ -249,12 +210,8 @@ SCRATCH, FEATURES, TUNED = METHODS
 
 def draw_labelled(n_per_class, seed):
     """``n_per_class`` labelled images of each target class, from the pool."""
-    rng = np.random.RandomState(seed)
-    idx = np.concatenate([
-        rng.choice(np.flatnonzero(y_pool == c), n_per_class, replace=False)
-        for c in np.unique(y_pool)
-    ])
-    return X_pool[idx], y_pool[idx]
+    X_lab, _, y_lab, _ = split_per_class(X_pool, y_pool, n_per_class, random_state=seed)
+    return X_lab, y_lab
 
 
 # %%

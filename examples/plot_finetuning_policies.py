@@ -53,14 +53,12 @@ import numpy as np
 import pandas as pd
 import torch
 from sklearn.base import clone
-from sklearn.datasets import load_digits
 from sklearn.metrics import balanced_accuracy_score, recall_score
-from sklearn.model_selection import train_test_split
 from skorch.callbacks import Callback
-from torch import nn
 from tqdm import tqdm
 
 from sktransfer import FineTunedClassifier
+from sktransfer.datasets import load_shifted_digits, make_digits_cnn, split_per_class
 
 FAST = os.environ.get("SKTRANSFER_EXAMPLE_FAST") == "1" or "--fast" in sys.argv
 
@@ -102,41 +100,13 @@ print(f"{'fast' if FAST else 'full'} mode: {N_DRAWS} draws of the labelled set, 
 # the target task needs what a CNN learns on the source task (stroke detectors
 # that work wherever the digit is). Source: digits 0-4, three shifted copies of
 # each training image. Target: digits 5-9, one shifted copy; half of it is a
-# pool the labelled images are drawn from, the other half the test set.
+# pool the labelled images are drawn from, the other half the test set
+# (:func:`sktransfer.datasets.load_shifted_digits`).
 
-digits = load_digits()
-images = (digits.images / 16.0).astype(np.float32)  # (1797, 8, 8), in [0, 1]
-labels = digits.target
-
-
-def place_randomly(images, copies, seed, size=12):
-    """Paste each 8x8 image at a random position of a size x size canvas.
-
-    Returns an array of shape (copies * n_images, 1, size, size): one
-    channel, the (n, C, H, W) layout that PyTorch networks expect.
-    """
-    rng = np.random.RandomState(seed)
-    out = np.zeros((copies * len(images), 1, size, size), dtype=np.float32)
-    for c in range(copies):
-        rows, cols = rng.randint(0, size - 8 + 1, size=(2, len(images)))
-        for i, (r, s) in enumerate(zip(rows, cols)):
-            out[c * len(images) + i, 0, r:r + 8, s:s + 8] = images[i]
-    return out
-
-
-is_source = labels < 5
-img_train, img_test, y_source_train, y_source_test = train_test_split(
-    images[is_source], labels[is_source], test_size=0.2, stratify=labels[is_source],
-    random_state=0,
-)
-X_source = place_randomly(img_train, copies=3, seed=0)
-y_source = np.tile(y_source_train, 3)
-X_source_test = place_randomly(img_test, copies=1, seed=1)
-
-X_target = place_randomly(images[~is_source], copies=1, seed=2)
-X_pool, X_test, y_pool, y_test = train_test_split(
-    X_target, labels[~is_source], test_size=0.5, stratify=labels[~is_source], random_state=0
-)
+data = load_shifted_digits(n_per_class=None)  # sktransfer.datasets, made locally
+X_source, y_source = data.X_source, data.y_source
+X_source_test, y_source_test = data.X_source_test, data.y_source_test
+X_pool, y_pool, X_test, y_test = data.X_pool, data.y_pool, data.X_test, data.y_test
 TARGET_CLASSES = np.unique(y_pool)
 print(f"source: {len(X_source)} training images of digits 0-4; target: a pool of "
       f"{len(X_pool)} images of digits 5-9 to draw labels from, {len(X_test)} test images")
@@ -146,26 +116,13 @@ print(f"source: {len(X_source)} training images of digits 0-4; target: a pool of
 # ---------------------------------
 # A :class:`~sktransfer.FineTunedClassifier` whose ``model`` is a factory of
 # an *untrained* network, with no penalty and one learning rate for all
-# layers, is plain supervised training. The fitted ``source_clf`` is then the
-# ``model=`` of every fine-tuned estimator below.
-
-
-def make_cnn(seed=0):
-    """An untrained CNN for one-channel 12x12 images: three blocks and a head."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        return nn.Sequential(
-            nn.Conv2d(1, 16, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),  # block 0
-            nn.Conv2d(16, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),  # block 1
-            nn.Flatten(),
-            nn.Linear(32 * 3 * 3, 64), nn.ReLU(),  # block 2
-            nn.Linear(64, 5),  # head: replaced by a head sized from y at fit time
-        )
-
+# layers, is plain supervised training; the network is the small CNN of
+# :func:`sktransfer.datasets.make_digits_cnn` (three blocks and a head). The
+# fitted ``source_clf`` is then the ``model=`` of every fine-tuned estimator below.
 
 t0 = time.perf_counter()
 source_clf = FineTunedClassifier(
-    model=make_cnn, penalty=None, lr=3e-3, backbone_lr_scale=1.0,
+    model=make_digits_cnn, penalty=None, lr=3e-3, backbone_lr_scale=1.0,
     max_epochs=PRETRAIN_EPOCHS, batch_size=64, random_state=0,
 ).fit(X_source, y_source)
 print(f"pretrained in {time.perf_counter() - t0:.1f} s; accuracy on held-out source "
@@ -231,12 +188,8 @@ def make_estimator(policy, seed):
 
 def draw_labelled(counts, seed):
     """``counts[c]`` labelled images of each target class ``c``, from the pool."""
-    rng = np.random.RandomState(seed)
-    idx = np.concatenate([
-        rng.choice(np.flatnonzero(y_pool == c), counts[c], replace=False)
-        for c in TARGET_CLASSES
-    ])
-    return X_pool[idx], y_pool[idx]
+    X_lab, _, y_lab, _ = split_per_class(X_pool, y_pool, counts, random_state=seed)
+    return X_lab, y_lab
 
 
 # %%

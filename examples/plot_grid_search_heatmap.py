@@ -50,6 +50,7 @@ from sklearn.preprocessing import StandardScaler
 from torch import nn
 
 from sktransfer import FineTunedClassifier, FineTunedRegressor, list_blocks
+from sktransfer.datasets import make_tabular_transfer
 from sktransfer.plot import plot_learning_curves, plot_search_heatmap
 
 FAST = os.environ.get("SKTRANSFER_EXAMPLE_FAST") == "1" or "--fast" in sys.argv
@@ -73,28 +74,13 @@ print(f"{'fast' if FAST else 'full'} mode: at most {MAX_EPOCHS} epochs per fit; 
 # ------------------------
 # 20 observed columns are noisy mixtures of 6 hidden factors. The source
 # table (4000 rows) has 4 numeric targets, functions of the factors; the
-# target task is a yes/no label that depends on some of the same functions.
+# target task is a yes/no label that depends on some of the same functions
+# (:func:`sktransfer.datasets.make_tabular_transfer`).
 
-rng = np.random.RandomState(0)
-N_FEATURES, N_FACTORS = 20, 6
-MIXING = rng.normal(size=(N_FACTORS, N_FEATURES))
-
-
-def draw_rows(n):
-    z = rng.normal(size=(n, N_FACTORS))
-    X = np.tanh(z) @ MIXING + 0.3 * rng.normal(size=(n, N_FEATURES))
-    return X.astype(np.float32), z
-
-
-X_source, z = draw_rows(4000)
-y_source = np.stack([np.sin(z[:, 0]) + z[:, 1] ** 2, z[:, 2] * z[:, 3], np.abs(z[:, 4]),
-                     z[:, 5] ** 3 / 3], axis=1)
-y_source = ((y_source - y_source.mean(0)) / y_source.std(0)).astype(np.float32)
-X_target, z = draw_rows(N_LABELLED + 2000)
-score = np.sin(z[:, 0]) + z[:, 1] ** 2 + 1.5 * z[:, 2] * z[:, 3] - np.abs(z[:, 4])
-y_target = (score > np.median(score)).astype(int)
-X, y = X_target[:N_LABELLED], y_target[:N_LABELLED]
-X_test, y_test = X_target[N_LABELLED:], y_target[N_LABELLED:]
+data = make_tabular_transfer(n_source=4000, n_train=N_LABELLED, n_test=2000, random_state=0)
+X_source, y_source = data.X_source, data.y_source
+X, y, X_test, y_test = data.X_train, data.y_train, data.X_test, data.y_test
+N_FEATURES = X.shape[1]
 
 # %%
 # Pretrain the source network

@@ -57,6 +57,7 @@ from sklearn.preprocessing import StandardScaler
 from torch import nn
 
 from sktransfer import FineTunedClassifier, TabularPretrainer, list_blocks
+from sktransfer.datasets import split_per_class
 
 FAST = os.environ.get("SKTRANSFER_EXAMPLE_FAST") == "1" or "--fast" in sys.argv
 
@@ -174,12 +175,9 @@ BASELINES = ("MLP from scratch", "logistic regression", "gradient boosting")
 
 
 def draw_labelled(n_per_class, seed):
-    rng = np.random.RandomState(seed)
-    idx = np.concatenate([
-        rng.choice(np.flatnonzero(y_pool == c), n_per_class, replace=False)
-        for c in np.unique(y_pool)
-    ])
-    return X_pool[idx], y_pool[idx]
+    """``n_per_class`` labelled rows of each class, drawn from the pool."""
+    X_lab, _, y_lab, _ = split_per_class(X_pool, y_pool, n_per_class, random_state=seed)
+    return X_lab, y_lab
 
 
 # %%

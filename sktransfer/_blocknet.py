@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from torch import nn
 
-__all__ = ["BlockNet", "GlobalPool", "pool_features"]
+__all__ = ["BlockNet", "GlobalPool", "pool_features", "pool_tokens"]
 
 def _has_params(module):
     return any(True for _ in module.parameters())
@@ -135,18 +135,32 @@ def _chain(modules):
     return _Chain(*modules)
 
 
-def pool_features(x, pooling="avg", channels_last=False):
+def pool_features(x, pooling="avg", channels_last=False, token_mask=False):
     """Turn a block output into one vector per sample: sktransfer's global pooling.
 
-    2-D outputs are returned as they are. Otherwise ``"avg"``/``"max"`` reduce
-    every axis except the batch and the channel axis (axis 1, or the last axis
-    when ``channels_last``, as for transformer tokens ``(n, tokens, dim)``), and
-    ``"flatten"`` keeps everything. Used for the features of
-    ``FeatureExtractorTransformer``, the input of a new fine-tuning head and the
-    torchvision families that pool this way.
+    2-D outputs are returned as they are. Otherwise ``"avg"`` (``"mean"``) and
+    ``"max"`` reduce every axis except the batch and the channel axis (axis 1,
+    or the last axis when ``channels_last``, as for transformer tokens ``(n,
+    tokens, dim)``), ``"cls"`` takes the first token of a token sequence, and
+    ``"flatten"`` keeps everything. With ``token_mask`` the output is a text
+    encoder's (:func:`pool_tokens`): padding tokens are left out. Used for the
+    features of ``FeatureExtractorTransformer``, the input of a new fine-tuning
+    head, and the torchvision families and text encoders that pool this way.
     """
+    if token_mask:
+        return pool_tokens(x, pooling)
     if x.ndim == 2:
         return x
+    if pooling == "cls":
+        if not (channels_last and x.ndim == 3):
+            raise ValueError(
+                f"pooling='cls' takes the first token of a transformer's output "
+                f"(n, tokens, dim), but this layer outputs shape {tuple(x.shape)}; use "
+                "pooling='avg', 'max' or 'flatten'."
+            )
+        return x[:, 0]
+    if pooling == "mean":
+        pooling = "avg"
     if pooling == "flatten":
         return x.reshape(x.shape[0], -1)
     if channels_last:
@@ -158,17 +172,41 @@ def pool_features(x, pooling="avg", channels_last=False):
     return x.amax(dim=dims)
 
 
+def pool_tokens(x, pooling):
+    """One vector per text from a text encoder's block output ``(n, L, dim + 1)``.
+
+    Its last channel is the attention mask (``_hf.py``), so that every block,
+    the pooling and the frozen-prefix cache see the mask with the states:
+    ``"mean"`` (``"avg"``) and ``"max"`` run over the real tokens only, ``"cls"``
+    takes the first token.
+    """
+    if x.ndim == 2:
+        return x
+    h, mask = x[..., :-1], x[..., -1:]
+    if pooling == "cls":
+        return h[:, 0]
+    if pooling in ("avg", "mean"):
+        return (h * mask).sum(dim=1) / mask.sum(dim=1).clamp_min(1.0)
+    if pooling == "max":
+        return h.masked_fill(mask == 0, float("-inf")).amax(dim=1)
+    raise ValueError(
+        f"pooling={pooling!r} does not apply to texts, whose token sequences have different "
+        "lengths; use 'mean' (average over the tokens), 'cls' (the first token) or 'max'."
+    )
+
+
 class GlobalPool(nn.Module):
     """Parameter-free :func:`pool_features` as a module (a ``pre_head`` or head input)."""
 
-    def __init__(self, pooling="avg", channels_last=False):
+    def __init__(self, pooling="avg", channels_last=False, token_mask=False):
         super().__init__()
         self.pooling = pooling
         self.channels_last = channels_last
+        self.token_mask = token_mask
 
     def forward(self, x):
-        return pool_features(x, self.pooling, self.channels_last)
+        return pool_features(x, self.pooling, self.channels_last, self.token_mask)
 
     def extra_repr(self):
-        return f"pooling={self.pooling!r}, channels_last={self.channels_last}"
-
+        return (f"pooling={self.pooling!r}, channels_last={self.channels_last}"
+                + (", token_mask=True" if self.token_mask else ""))

@@ -28,9 +28,11 @@ __all__ = ["FRAGMENTS", "fill_doc"]
 MODEL_PARAMS = """\
 model : str, nn.Module, callable or fitted sktransfer estimator, default=None
     The pretrained network: a torchvision architecture name (``"resnet18"``),
-    an ``nn.Module`` (never modified), a class or zero-argument callable
-    returning one, or a fitted sktransfer estimator (source -> target
-    chaining). Required.
+    ``"timm:<name>"`` (a timm model), ``"hf:<directory or hub id>"`` (a Hugging
+    Face text encoder: ``X`` is then a sequence of strings, and a new head sits
+    on the mean of the last layer's tokens), an ``nn.Module`` (never modified),
+    a class or zero-argument callable returning one, or a fitted sktransfer
+    estimator (source -> target chaining). Required.
 weights : str, path or None, default=None
     ``None`` keeps the module's weights; a torchvision weights name
     (``"DEFAULT"``, ``"IMAGENET1K_V1"``) for string models; or a local

@@ -20,11 +20,12 @@ from ._base import (
 from ._blocknet import pool_features
 from ._blocks import freeze_all
 from ._docstrings import fill_doc
+from ._hf import is_text_net
 from ._inputs import validate_input
 
 __all__ = ["FeatureExtractorTransformer", "resolve_layer"]
 
-_POOLINGS = ("avg", "max", "flatten")
+_POOLINGS = ("avg", "max", "flatten", "mean", "cls")
 
 
 def resolve_layer(layer, net):
@@ -81,8 +82,12 @@ class FeatureExtractorTransformer(TransferEstimatorMixin, TransformerMixin, Base
         "penultimate" features), an int block index (negative counts from the
         end), a block name (see :func:`list_blocks`), or ``"head"`` for the
         pretrained head's output.
-    pooling : {"avg", "max", "flatten"}, default="avg"
-        How a spatial map (or a sequence of tokens) becomes a vector.
+    pooling : {"avg", "mean", "max", "cls", "flatten"}, default="avg"
+        How a spatial map (or a sequence of tokens) becomes a vector: ``"avg"``
+        (or its synonym ``"mean"``) and ``"max"`` over the spatial axes or the
+        tokens, ``"cls"`` the first token of a transformer's output, ``"flatten"``
+        every value. For texts (``model="hf:..."``) the padding tokens are left
+        out, and ``layer=None`` pools the last layer.
     batch_size : int, default=64
         Samples per forward pass; memory use is bounded by it, not by ``len(X)``.
     device : str, default="auto"
@@ -98,6 +103,9 @@ class FeatureExtractorTransformer(TransferEstimatorMixin, TransformerMixin, Base
         resize to the size the network was trained at (224 for most ImageNet
         models); for small images, ``ResNet18_Weights.DEFAULT.transforms(
         crop_size=64, resize_size=64)`` keeps the normalisation at a lower cost.
+        For ``model="timm:<name>"``, ``"auto"`` is timm's own evaluation transform;
+        for text models (``model="hf:..."``) it is the model's tokenizer, which
+        texts need: leave ``"auto"``.
     random_state : int, RandomState or None, default=None
         Seeds the initialisation of lazy layers (``nn.LazyLinear``) that the
         model materialises on its first batch, and of a model built by a class
@@ -163,7 +171,7 @@ class FeatureExtractorTransformer(TransferEstimatorMixin, TransformerMixin, Base
 
         Parameters
         ----------
-        X : array-like, DataFrame, image array or list of image paths / PIL images
+        X : array-like, DataFrame, image array, list of image paths / PIL images, or texts
             Training input; only its layout matters (nothing is learned).
         y : None
             Ignored.
@@ -184,6 +192,8 @@ class FeatureExtractorTransformer(TransferEstimatorMixin, TransformerMixin, Base
                 "layer='head' but this model has no head (it is an encoder); use "
                 "layer=None for its output."
             )
+        if stop is None and is_text_net(net):
+            stop = len(net.blocks)  # texts: the last layer, pooled by ``pooling``
         self._probe(resolved, data, preprocess, seed)
         self.module_ = freeze_all(net).to(device)
         self._preprocess = preprocess
@@ -201,9 +211,11 @@ class FeatureExtractorTransformer(TransferEstimatorMixin, TransformerMixin, Base
         channels_last = getattr(net, "channels_last", False)
         sub = data if stop is None else type(data)(data.data[:stop], data.kind)
 
+        token_mask = is_text_net(net)
+
         def features(batch):
             out = net(batch) if self._after_head else net.forward_features(batch, stop=self._stop)
-            return pool_features(out, self.pooling, channels_last)
+            return pool_features(out, self.pooling, channels_last, token_mask)
 
         return self._map_batches(sub, features, self._preprocess).numpy()
 
@@ -212,7 +224,7 @@ class FeatureExtractorTransformer(TransferEstimatorMixin, TransformerMixin, Base
 
         Parameters
         ----------
-        X : array-like, DataFrame, image array or list of image paths / PIL images
+        X : array-like, DataFrame, image array, list of image paths / PIL images, or texts
             Same layout as in ``fit``.
 
         Returns

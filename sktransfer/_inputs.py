@@ -11,6 +11,10 @@ Accepted inputs
   scaling to ``[0, 1]``).
 * ``"files"``: a list of image file paths or PIL images; loaded batch by batch
   (memory bounded by ``batch_size``) and preprocessed like ``"uint8"``.
+* ``"text"``: a 1-D sequence of strings (list, array, pandas Series, or one
+  column), for text encoders (``model="hf:..."``); each batch goes through the
+  model's tokenizer (``preprocess``) into int64 ``(n, 2, L)``: token ids and
+  attention mask, padded to the batch's longest text (or to ``pad_to``).
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ import torch
 from sklearn.utils.validation import check_array, validate_data
 
 __all__ = ["InputData", "validate_input", "iter_batches", "make_batch", "in_memory",
-           "check_real", "clearer_errors", "ImagePreprocess", "image_mode"]
+           "check_real", "clearer_errors", "ImagePreprocess", "image_mode", "padded_to_longest"]
 
 
 @dataclass
@@ -32,7 +36,8 @@ class InputData:
     """Validated input: the data and how to turn it into tensors."""
 
     data: object
-    kind: str  # "tabular", "array", "uint8" or "files"
+    kind: str  # "tabular", "array", "uint8", "files" or "text"
+    pad_to: int | None = None  # "text": pad every batch to this many tokens
 
     def __len__(self):
         return len(self.data)
@@ -149,6 +154,9 @@ def validate_input(estimator, X, *, reset, y=None, y_kwargs=None):
                 f"y has shape {y.shape}; {owner} takes y of shape (n_samples,) or "
                 "(n_samples, n_outputs). Reshape it, e.g. y.reshape(len(y), -1)."
             )
+    if _expects_text(estimator, reset):
+        return _finish(estimator, InputData(_as_texts(X, owner), "text"), None, reset, y,
+                       y_kwargs)
     files = _as_file_list(X)
     if files is not None:
         return _finish(estimator, InputData(files, "files"), None, reset, y, y_kwargs)
@@ -255,7 +263,110 @@ def _describe(kind):
         "array": "a numeric array with 3 or more dimensions",
         "uint8": "uint8 images (n, H, W, C)",
         "files": "a list of image paths / PIL images",
+        "text": "a 1-D sequence of texts (strings)",
     }[kind]
+
+
+def _expects_text(estimator, reset):
+    """Whether ``X`` holds texts: the estimator's model is a text encoder."""
+    if not reset:
+        return getattr(estimator, "input_kind_", None) == "text"
+    model = getattr(estimator, "model", None)
+    if isinstance(model, str):
+        return model.startswith("hf:")
+    # a fitted text estimator (also inside FrozenEstimator) or its network
+    return (getattr(model, "input_kind_", None) == "text"
+            or bool(getattr(model, "token_mask", False)))
+
+
+def _as_texts(X, owner):
+    """``X`` as a 1-D object array of ``str``; missing cells become empty texts."""
+    import pandas as pd
+
+    how = ("a 1-D sequence of strings (a list, array or pandas Series); for one column of "
+           "a DataFrame pass X['column'], or in a ColumnTransformer name the column as a "
+           "string, not a list: ('text', transformer, 'column')")
+    if X is None:
+        raise TypeError(f"X is None; {owner} with a text model needs {how}.")
+    if isinstance(X, (str, bytes)):
+        raise TypeError(f"X is a single string; {owner} needs {how}, e.g. [X].")
+    if hasattr(X, "iloc") and getattr(X, "ndim", 1) == 2:  # DataFrame: one column only
+        if X.shape[1] != 1:
+            raise ValueError(
+                f"X is a DataFrame with {X.shape[1]} columns {list(X.columns)[:5]}, but a text "
+                f"model takes one text per sample: {how}."
+            )
+        X = X.iloc[:, 0]
+    if hasattr(X, "iloc"):
+        X = X.astype(object).to_numpy()
+    try:
+        arr = np.asarray(X, dtype=object)
+    except (ValueError, TypeError) as exc:
+        raise TypeError(f"X could not be read as texts ({exc}); {owner} needs {how}.") from exc
+    if arr.ndim == 2 and arr.shape[1] == 1:
+        arr = arr[:, 0]
+    if arr.ndim != 1:
+        raise ValueError(f"X has shape {arr.shape}; {owner} with a text model needs {how}.")
+    if len(arr) == 0:
+        raise ValueError(f"X holds 0 texts; {owner} needs at least one.")
+    out = np.empty(len(arr), dtype=object)
+    n_text = 0
+    for i, item in enumerate(arr):
+        if isinstance(item, str):
+            out[i] = str(item)
+            n_text += 1
+        elif item is None or (not isinstance(item, (bytes, np.ndarray, list, tuple))
+                              and bool(pd.isna(item))):
+            out[i] = ""  # a missing cell: an empty text
+        elif isinstance(item, bytes):
+            out[i] = item.decode("utf-8", errors="replace")
+            n_text += 1
+        elif np.ndim(item) == 0:
+            out[i] = str(item)  # a number among texts (a code, a year): its spelling
+        else:
+            raise TypeError(
+                f"X[{i}] is a {type(item).__name__}, not a text; {owner} with a text model "
+                f"needs {how}."
+            )
+    if n_text == 0 and len(arr) and any(v != "" for v in out):
+        raise TypeError(
+            f"X holds no strings (e.g. {arr[0]!r} of type {type(arr[0]).__name__}); a text "
+            f"model takes texts: {how}. Convert numbers to text explicitly if you mean it, "
+            "e.g. X.astype(str)."
+        )
+    return out
+
+
+def padded_to_longest(data, preprocess):
+    """``data`` with every batch padded to its longest text (one length for all)."""
+    if data.kind != "text":
+        return data
+    longest = _tokenizer(preprocess).longest(list(data.data))
+    return InputData(data.data, data.kind, pad_to=int(longest))
+
+
+def _tokenizer(preprocess):
+    """The text model's tokenizer behind ``preprocess`` (which wraps it for images)."""
+    tokenize = preprocess.inner if isinstance(preprocess, ImagePreprocess) else preprocess
+    if tokenize is None or not callable(tokenize):
+        raise ValueError(
+            "Texts need the model's tokenizer, and there is none: pass model='hf:<directory>' "
+            "or a fitted text estimator (both keep their tokenizer), not a bare network, "
+            "and leave preprocess='auto'."
+        )
+    return tokenize
+
+
+def _text_batch(texts, preprocess, pad_to):
+    tokenize = _tokenizer(preprocess)
+    batch = tokenize(texts) if pad_to is None else tokenize(texts, pad_to=pad_to)
+    if not (isinstance(batch, torch.Tensor) and batch.ndim == 3 and batch.shape[1] == 2):
+        raise ValueError(
+            f"preprocess turned texts into {type(batch).__name__} "
+            f"{tuple(getattr(batch, 'shape', ()))}, but text models take int64 (n, 2, tokens) "
+            "(token ids and attention mask); leave preprocess='auto' for text models."
+        )
+    return batch
 
 
 def image_mode(net):
@@ -340,6 +451,8 @@ def make_batch(data, start, stop, preprocess=None):
     """Float32 tensor (CPU) for samples ``start:stop`` of ``data``."""
     if data.kind == "files":
         return _image_batch(data.data[start:stop], preprocess)
+    if data.kind == "text":
+        return _text_batch(list(data.data[start:stop]), preprocess, data.pad_to)
     chunk = data.data[start:stop]
     if hasattr(chunk, "iloc"):  # pragma: no cover - validated data is an ndarray
         chunk = chunk.to_numpy()
@@ -359,8 +472,8 @@ def make_batch(data, start, stop, preprocess=None):
 
 
 def in_memory(data):
-    """Tables and numeric arrays as one float32 tensor (CPU); uint8 images and image
-    files stay ``InputData``, preprocessed (and loaded) batch by batch."""
+    """Tables and numeric arrays as one float32 tensor (CPU); uint8 images, image
+    files and texts stay ``InputData``, preprocessed (and loaded) batch by batch."""
     if data.kind in ("tabular", "array"):
         return torch.from_numpy(np.ascontiguousarray(data.data, dtype=np.float32))
     return data

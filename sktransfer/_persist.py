@@ -107,9 +107,14 @@ def load_weights(est, path):
     seed = seed_from_random_state(0)
     resolved = est._resolve_pretrained(seed)
     shape = tuple(meta["net_input_shape"])
-    kind = "tabular" if len(shape) == 1 else "array"
-    probe = InputData(np.zeros((2, *shape), dtype=np.float32), kind)
-    features = est._probe(resolved, probe, None, seed)
+    if meta["input_kind"] == "text":  # two texts through the model's own tokenizer
+        probe, preprocess = InputData(np.array(["", ""], dtype=object), "text"), \
+            est._preprocess_fn(resolved)
+    else:
+        kind = "tabular" if len(shape) == 1 else "array"
+        probe = InputData(np.zeros((2, *shape), dtype=np.float32), kind)
+        preprocess = None
+    features = est._probe(resolved, probe, preprocess, seed)
     if "classes" in meta:
         classes = np.asarray(meta["classes"], dtype=np.dtype(meta["classes_dtype"]))
         n_out = len(classes)

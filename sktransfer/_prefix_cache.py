@@ -29,7 +29,7 @@ from collections import OrderedDict
 import numpy as np
 import torch
 
-from ._inputs import in_memory, iter_batches, make_batch
+from ._inputs import in_memory, iter_batches, make_batch, padded_to_longest
 
 __all__ = ["prefix_key", "lookup", "store", "clear_cache", "training_inputs", "starting_at"]
 
@@ -57,9 +57,16 @@ def prefix_key(blocks, data, preprocess, batch_size, device):
         for name, t in block.state_dict().items():
             h.update(name.encode())
             _update_with_tensor(h, t)
-    array = np.ascontiguousarray(data.data)
-    h.update(f"{data.kind}|{array.dtype}|{array.shape}".encode())
-    h.update(memoryview(array).cast("B"))
+    if data.kind == "text":  # strings: their UTF-8 bytes, each with its length
+        h.update(f"text|{len(data.data)}|{data.pad_to}".encode())
+        for text in data.data:
+            raw = text.encode("utf-8", "surrogatepass")
+            h.update(len(raw).to_bytes(8, "little"))
+            h.update(raw)
+    else:
+        array = np.ascontiguousarray(data.data)
+        h.update(f"{data.kind}|{array.dtype}|{array.shape}".encode())
+        h.update(memoryview(array).cast("B"))
     h.update(repr(preprocess).encode())
     # the thread count too: on the CPU it can change the order of float sums
     h.update(f"|{batch_size}|{device}|{torch.get_num_threads()}".encode())
@@ -143,6 +150,7 @@ def training_inputs(module, data, depth, preprocess, device, *, batch_size, cach
             )
         return raw, 0
     module.eval()
+    data = padded_to_longest(data, preprocess)  # texts: one length for every output
     with torch.no_grad():
         sample = make_batch(data, 0, 1, preprocess).to(device)
         shape = tuple(module.forward_features(sample, stop=depth).shape[1:])

@@ -427,7 +427,7 @@ PARAM_CASES = [
      {"FX": (TypeError, r"layer must be an int, a block name or None, got True")}),
     ("layer-head-of-encoder", {"layer": "head", "model": "@tp"},
      {"FX": (ValueError, r"layer='head' but this model has no head.*use layer=None")}),
-    ("pooling-unknown", {"pooling": "mean"}, {"FX": param_error("pooling")}),
+    ("pooling-unknown", {"pooling": "median"}, {"FX": param_error("pooling")}),
     ("batch_size-zero", {"batch_size": 0}, {"FX": param_error("batch_size"),
                                             "TP": param_error("batch_size")}),
     ("hidden_layer_sizes-empty", {"hidden_layer_sizes": ()}, {

@@ -15,7 +15,8 @@ MODULES = [
     "sktransfer._persist",
     "sktransfer._prefix_cache",
     "sktransfer._pretrain",
-    "sktransfer._weights",
+    "sktransfer._weight_files",
+    "sktransfer.datasets",
     "sktransfer.metrics",
     "sktransfer.plot",
 ]

@@ -165,7 +165,7 @@ def test_bad_layer(source_cnn, digits, layer, error, match):
 
 def test_bad_pooling_and_batch_size(source_cnn, digits):
     with pytest.raises(ValueError, match="pooling"):
-        FeatureExtractorTransformer(model=source_cnn, pooling="mean", **CPU).fit(
+        FeatureExtractorTransformer(model=source_cnn, pooling="median", **CPU).fit(
             digits["X_target"][:4])
     with pytest.raises(ValueError, match="batch_size"):
         FeatureExtractorTransformer(model=source_cnn, batch_size=0, **CPU).fit(

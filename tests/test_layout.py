@@ -24,6 +24,8 @@ LAYERS = [
     ["_blocks"],
     # inputs and model sources
     ["_inputs"],
+    ["_weight_files"],
+    ["_timm", "_hf"],
     ["_weights"],
     ["_inspect"],
     # shared estimator pieces, then training
@@ -36,7 +38,7 @@ LAYERS = [
     ["_extract", "_pretrain", "_finetune"],
     # public face
     ["_transferability"],
-    ["metrics", "plot"],
+    ["metrics", "plot", "datasets"],
     ["__init__"],
 ]
 RANK = {name: i for i, layer in enumerate(LAYERS) for name in layer}
