@@ -5,14 +5,15 @@ extractor or fine-tune it, all inside scikit-learn's Pipelines and model
 selection tools.
 """
 
-from ._blocks import BlockNet, list_blocks, split_model
+from ._blocknet import BlockNet
+from ._blocks import split_model
 from ._extract import FeatureExtractorTransformer
 from ._finetune import FineTunedClassifier, FineTunedRegressor
+from ._inspect import list_blocks
 from ._prefix_cache import clear_cache
 from ._pretrain import TabularPretrainer
+from ._version import __version__
 from ._weights import WeightsUnavailableError
-
-__version__ = "0.1.0.dev0"
 
 __all__ = [
     "BlockNet",

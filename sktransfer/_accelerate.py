@@ -61,6 +61,8 @@ def resolve_accelerator(accelerator, device):
             ) from exc
     else:
         Accelerator = _accelerator_cls()
+        # the estimators' constraints can only ask for an object with prepare() and
+        # backward(): the class itself needs accelerate, an optional dependency
         if not isinstance(accelerator, Accelerator):
             raise TypeError(
                 "accelerator must be None, an accelerate.Accelerator or a dict of its "

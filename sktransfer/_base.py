@@ -1,4 +1,12 @@
-"""What the three estimators share: model resolution, devices, input probing."""
+"""Shared estimator pieces: one fit at a time, devices, seeds, pickling, batched
+prediction, and (for the estimators built on a pretrained network) model
+resolution and input probing.
+
+``NetEstimatorMixin`` serves every estimator holding a fitted network (the
+three transfer estimators and ``TabularPretrainer``); ``TransferEstimatorMixin``
+adds what the estimators built on a pretrained ``model`` share. The estimators
+that train add ``_trainer.Trainer``.
+"""
 
 from __future__ import annotations
 
@@ -8,17 +16,17 @@ import numbers
 import threading
 import warnings
 
-import numpy as np
 import torch
 from sklearn.base import BaseEstimator, clone
+from sklearn.utils._param_validation import Interval, StrOptions
 from torch import nn
 
 from ._blocks import check_split_matches
 from ._inputs import ImagePreprocess, image_mode, iter_batches, make_batch
-from ._weights import resolve_model
+from ._weights import MODEL_CONSTRAINTS, resolve_model
 
-__all__ = ["TransferEstimatorMixin", "resolve_device", "seed_from_random_state",
-           "unchanged_on_error", "one_fit_at_a_time"]
+__all__ = ["NetEstimatorMixin", "TransferEstimatorMixin", "DEVICE_CONSTRAINT", "resolve_device",
+           "seed_from_random_state", "unchanged_on_error", "one_fit_at_a_time"]
 
 # torch's random generators (and a GPU) are shared by all threads of a process
 _FIT_LOCK = threading.RLock()
@@ -82,15 +90,19 @@ def unchanged_on_error(fit):
     return wrapper
 
 
+#: scikit-learn constraint of every estimator's ``device``; which strings name a
+#: device (``"cuda:1"``) and whether it exists here, constraints cannot express:
+#: :func:`resolve_device` checks that
+DEVICE_CONSTRAINT = [str, torch.device]
+
+
 def resolve_device(device):
-    """``"auto"`` -> ``"cuda"`` when available, else ``"cpu"``; check the rest."""
+    """``"auto"`` -> ``"cuda"`` when available, else ``"cpu"``; check the rest.
+
+    ``device`` has passed ``DEVICE_CONSTRAINT`` (a str or a ``torch.device``).
+    """
     if isinstance(device, torch.device):
         device = str(device)
-    if not isinstance(device, str):
-        raise TypeError(
-            f"device must be 'cpu', 'cuda', 'cuda:<index>' or 'auto', got "
-            f"{type(device).__name__} {device!r}."
-        )
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     try:
@@ -116,17 +128,6 @@ def seed_from_random_state(random_state):
     return int(rng.randint(0, 2**31 - 1))
 
 
-def has_lazy_params(module):
-    return any(isinstance(p, nn.parameter.UninitializedParameter) for p in module.parameters())
-
-
-def _check_positive_int(value, name):
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{name} must be a positive int, got {type(value).__name__} {value!r}.")
-    if value < 1:
-        raise ValueError(f"{name}={value} must be >= 1.")
-
-
 def _runs(model, sample):
     """Whether ``model`` (in eval mode, without autograd) accepts ``sample``."""
     if model is None:
@@ -143,12 +144,61 @@ def _runs(model, sample):
     return True
 
 
-class TransferEstimatorMixin:
-    """Shared machinery of sktransfer's estimators.
+class NetEstimatorMixin:
+    """Every estimator that holds a fitted torch network: pickles hold it on the CPU,
+    and prediction runs batch by batch.
+
+    Subclasses have a ``batch_size`` parameter and set ``device_`` in ``fit``.
+    """
+
+    #: fitted attributes that hold a network (moved to the CPU in a pickle)
+    _fitted_modules = ("module_",)
+
+    def __getstate__(self):
+        # pickles hold the network on the CPU, so they load on machines without CUDA
+        # a copy: on Python >= 3.11 the base returns the live __dict__ itself
+        state = dict(super().__getstate__())
+        if getattr(self, "device_", "cpu") == "cpu":
+            return state
+        for name in self._fitted_modules:
+            if state.get(name) is not None:
+                state[name] = copy.deepcopy(state[name]).to("cpu")
+                state["device_"] = "cpu"
+        return state
+
+    def _map_batches(self, data, fn, preprocess=None):
+        """``fn`` over ``data`` batch by batch (eval, inference mode) into one array.
+
+        The output (float32, on the CPU) is allocated once from the first batch
+        and filled in place: memory stays bounded by ``batch_size`` plus the
+        result, and no list of per-batch pieces fragments the heap.
+        """
+        out, start = None, 0
+        with torch.inference_mode():
+            for batch in iter_batches(data, self.batch_size, preprocess, self.device_):
+                part = fn(batch).to("cpu", torch.float32)
+                if out is None:
+                    out = torch.empty((len(data), *part.shape[1:]), dtype=torch.float32)
+                out[start:start + len(part)] = part
+                start += len(part)
+        return out
+
+
+class TransferEstimatorMixin(NetEstimatorMixin):
+    """The estimators built on a pretrained ``model``: clones share it, ``fit``
+    resolves a private copy, picks the image preprocessing and probes the net.
 
     Subclasses have ``model``, ``weights``, ``preprocess``, ``batch_size``,
-    ``device`` and ``random_state`` parameters.
+    ``device`` and ``random_state`` parameters, constrained here once.
     """
+
+    _parameter_constraints = {
+        **MODEL_CONSTRAINTS,
+        "preprocess": [StrOptions({"auto"}), callable, None],
+        "batch_size": [Interval(numbers.Integral, 1, None, closed="left")],
+        "device": DEVICE_CONSTRAINT,
+        "random_state": ["random_state"],
+    }
 
     def __sklearn_clone__(self):
         # The pretrained module is read-only for sktransfer (every fit works on a
@@ -167,33 +217,6 @@ class TransferEstimatorMixin:
             return type(self)(model=model, **params)
         return BaseEstimator.__sklearn_clone__(self)
 
-    def __getstate__(self):
-        # pickles hold the network on the CPU, so they load on machines without CUDA
-        # a copy: on Python >= 3.11 the base returns the live __dict__ itself
-        state = dict(super().__getstate__())
-        module = state.get("module_")
-        if module is not None and getattr(self, "device_", "cpu") != "cpu":
-            state["module_"] = copy.deepcopy(module).to("cpu")
-            state["device_"] = "cpu"
-        return state
-
-    def _map_batches(self, data, fn):
-        """``fn`` over ``data`` batch by batch (eval, inference mode) into one array.
-
-        The output (float32, on the CPU) is allocated once from the first batch
-        and filled in place: memory stays bounded by ``batch_size`` plus the
-        result, and no list of per-batch pieces fragments the heap.
-        """
-        out, start = None, 0
-        with torch.inference_mode():
-            for batch in iter_batches(data, self.batch_size, self._preprocess, self.device_):
-                part = fn(batch).to("cpu", torch.float32)
-                if out is None:
-                    out = torch.empty((len(data), *part.shape[1:]), dtype=torch.float32)
-                out[start:start + len(part)] = part
-                start += len(part)
-        return out
-
     def _resolve_pretrained(self, seed):
         """A private copy of the pretrained net, split into blocks.
 
@@ -208,16 +231,8 @@ class TransferEstimatorMixin:
         """The per-image (or uint8 batch) transform: image files and PIL images
         first become the network's mode (``image_mode``), then ``preprocess``."""
         preprocess = self.preprocess
-        if isinstance(preprocess, str):
-            if preprocess != "auto":
-                raise ValueError(
-                    f"preprocess={preprocess!r} is not valid; use 'auto', None or a callable."
-                )
+        if isinstance(preprocess, str):  # "auto", the only string the constraints allow
             preprocess = resolved.preprocess
-        elif not (preprocess is None or callable(preprocess)):
-            raise TypeError(
-                f"preprocess must be 'auto', None or a callable, got {type(preprocess).__name__}."
-            )
         return ImagePreprocess(preprocess, image_mode(resolved.net))
 
     def _probe(self, resolved, data, preprocess, seed):

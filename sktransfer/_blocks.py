@@ -1,15 +1,10 @@
-"""Split a network into ordered blocks plus a head.
+"""Split rules and freezing: which blocks a network has, and which of them train.
 
 Every pretrained network that sktransfer handles is turned into a
-:class:`BlockNet`: an ordered list of *blocks* (input side first), a
-parameter-free ``pre_head`` (pooling / flattening between the last block and
-the head) and a *head* (the final classification/regression layer).  The
-forward pass of a ``BlockNet`` is::
-
-    x -> block_0 -> ... -> block_{n-1} -> pre_head -> head -> post_head
-
-``freeze_depth=k`` freezes blocks ``0..k-1``; feature extraction returns the
-output of one block (or the head's input).
+:class:`~sktransfer.BlockNet` (``_blocknet.py``): ordered *blocks*, a
+parameter-free ``pre_head`` and a *head*. ``freeze_depth=k`` freezes blocks
+``0..k-1``; feature extraction returns the output of one block (or the head's
+input).
 
 How a model is split:
 
@@ -23,135 +18,27 @@ How a model is split:
   its children in order, this *default* split is verified against the model's
   own forward on the first batch seen (see :func:`check_split_matches`).
   Name the blocks explicitly with :func:`split_model` when the default is wrong.
+
+Freezing (the one home of it): :func:`check_freeze_depth` turns the parameter
+into a block count, :func:`freeze_blocks` takes the leading blocks out of
+training, :func:`freeze_all` freezes a whole network (feature extraction),
+:func:`set_trainable_from` moves the boundary during gradual unfreezing and
+:func:`keep_frozen_in_eval` keeps frozen blocks' BatchNorm/Dropout in eval mode.
 """
 
 from __future__ import annotations
 
-import copy
-
 import numpy as np
 import torch
+from sklearn.utils._param_validation import validate_params
 from torch import nn
 
-__all__ = ["BlockNet", "split_model", "list_blocks", "to_blocknet"]
+from ._blocknet import BlockNet, _chain, _has_params
+from ._families import split_family
 
-
-def _has_params(module):
-    return any(True for _ in module.parameters())
-
-
-def _n_params(module):
-    total = 0
-    for p in module.parameters():
-        if isinstance(p, nn.parameter.UninitializedParameter):
-            continue
-        total += p.numel()
-    return total
-
-
-class BlockNet(nn.Module):
-    """A network as ordered blocks, a parameter-free neck and a head.
-
-    Built by :func:`split_model` (explicit block names), or automatically from
-    any model passed as ``model=`` to sktransfer's estimators.  A fitted
-    estimator's ``module_`` is a ``BlockNet``.
-
-    Parameters
-    ----------
-    blocks : list of (str, nn.Module)
-        The blocks, input side first, with their names.
-    head : nn.Module or None, default=None
-        The final layer. ``None`` means the network has no head (an encoder):
-        its output is the last block's output.
-    pre_head : nn.Module or None, default=None
-        Parameter-free module between the last block and the head
-        (e.g. global average pooling and flatten).
-    post_head : nn.Module or None, default=None
-        Parameter-free module after the head (e.g. a trailing ``Softmax`` of a
-        ``Sequential``). It is dropped when the head is replaced.
-    head_name : str, default="head"
-        Name of the head in the original model, for display.
-    split_kind : str, default="explicit"
-        How the split was obtained (see Attributes).
-    channels_last : bool, default=False
-        Whether block outputs put the feature axis last (transformer tokens
-        ``(n, tokens, dim)``, Swin's ``(n, H, W, C)``); pooling then reduces the
-        middle axes instead of the trailing ones.
-
-    Attributes
-    ----------
-    block_names : list of str
-        Names of the blocks, input side first.
-    split_kind : str
-        How the split was obtained: ``"explicit"``, ``"sequential"``,
-        ``"family:<name>"`` or ``"default"``.
-
-    Examples
-    --------
-    >>> from torch import nn
-    >>> from sktransfer import split_model
-    >>> net = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 8),
-    ...                     nn.ReLU(), nn.Linear(8, 2))
-    >>> bnet = split_model(net)
-    >>> bnet.block_names
-    ['0-1', '2-3']
-    """
-
-    def __init__(self, blocks, head=None, pre_head=None, post_head=None,
-                 head_name="head", split_kind="explicit", channels_last=False):
-        super().__init__()
-        blocks = list(blocks)
-        if not blocks and head is None:
-            raise ValueError("A BlockNet needs at least one block or a head.")
-        self.block_names = [str(name) for name, _ in blocks]
-        self.blocks = nn.ModuleList([module for _, module in blocks])
-        for name, module in (("pre_head", pre_head), ("post_head", post_head)):
-            if module is not None and _has_params(module):
-                raise ValueError(
-                    f"{name} must be parameter-free, got a {type(module).__name__} "
-                    "with parameters; put it in a block instead."
-                )
-        self.pre_head = pre_head if pre_head is not None else nn.Identity()
-        self.head = head if head is not None else nn.Identity()
-        self.post_head = post_head if post_head is not None else nn.Identity()
-        self.has_head = head is not None
-        self.head_name = head_name if head is not None else None
-        self.split_kind = split_kind
-        self.channels_last = bool(channels_last)
-        self.start_block = 0
-
-    def __len__(self):
-        return len(self.blocks)
-
-    def forward_features(self, x, stop=None, start=0):
-        """Run blocks ``start..stop-1``; ``stop=None`` also applies ``pre_head``."""
-        end = len(self.blocks) if stop is None else stop
-        for block in self.blocks[start:end]:
-            x = block(x)
-        if stop is None:
-            x = self.pre_head(x)
-        return x
-
-    def forward_head(self, x):
-        return self.post_head(self.head(x))
-
-    def forward(self, x):
-        # ``start_block > 0`` only while fine-tuning on cached outputs of frozen blocks
-        return self.forward_head(self.forward_features(x, start=self.start_block))
-
-    def extra_repr(self):
-        return f"block_names={self.block_names}, split_kind={self.split_kind!r}"
-
-
-class _Chain(nn.Sequential):
-    """A ``Sequential`` that keeps references to submodules of another model."""
-
-
-def _chain(modules):
-    modules = [m for m in modules if m is not None]
-    if len(modules) == 1:
-        return modules[0]
-    return _Chain(*modules)
+__all__ = ["BlockNet", "split_model", "check_split_matches", "check_freeze_depth",
+           "freeze_blocks", "freeze_all", "keep_frozen_in_eval", "unfreeze_depth",
+           "set_trainable_from"]
 
 
 def _last_linear_index(children):
@@ -209,6 +96,11 @@ def _resolve_names(model, names, what):
     return out
 
 
+@validate_params(
+    {"model": [nn.Module], "blocks": [list, tuple, None], "head": [str, None],
+     "pre_head": [nn.Module, list, tuple, None]},
+    prefer_skip_nested_validation=True,
+)
 def split_model(model, blocks=None, head="auto", pre_head=None):
     """Split ``model`` into blocks and a head, explicitly or by the rules.
 
@@ -257,8 +149,6 @@ def split_model(model, blocks=None, head="auto", pre_head=None):
     >>> bnet(torch.zeros(2, 4)).shape
     torch.Size([2, 3])
     """
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"split_model expects an nn.Module, got {type(model).__name__}.")
     if blocks is None:
         if head != "auto" or pre_head is not None:
             raise ValueError(
@@ -266,10 +156,6 @@ def split_model(model, blocks=None, head="auto", pre_head=None):
                 "pass the block names too."
             )
         return _auto_split(model)
-    if isinstance(blocks, str) or not isinstance(blocks, (list, tuple)):
-        raise TypeError(
-            f"blocks must be a list of submodule names (or lists of names), got {blocks!r}."
-        )
     block_list = []
     for entry in blocks:
         if not isinstance(entry, (str, list, tuple)):
@@ -298,22 +184,14 @@ def split_model(model, blocks=None, head="auto", pre_head=None):
         head_name, head_mod = _resolve_names(model, [head], "head")[0]
     if isinstance(pre_head, (list, tuple)):
         pre_head = _chain([m for _, m in _resolve_names(model, list(pre_head), "pre_head")])
-    elif pre_head is not None and not isinstance(pre_head, nn.Module):
-        raise TypeError(
-            f"pre_head must be None, a parameter-free nn.Module or a list of submodule "
-            f"names, got {type(pre_head).__name__} {pre_head!r}."
-        )
     return BlockNet(block_list, head=head_mod, pre_head=pre_head,
                     head_name=head_name or "head", split_kind="explicit")
-
 
 def _auto_split(model):
     if isinstance(model, BlockNet):
         return model
     if isinstance(model, nn.Sequential):
         return _group_children(list(model.named_children()), "sequential")
-    from ._families import split_family
-
     found = split_family(model)
     if found is not None:
         return found
@@ -324,12 +202,6 @@ def _auto_split(model):
             "wrap it, e.g. nn.Sequential(model), or use sktransfer.split_model."
         )
     return _group_children(children, "default")
-
-
-def to_blocknet(model):
-    """The automatic split of ``model`` (no copy; shares parameters)."""
-    return split_model(model)
-
 
 def check_split_matches(bnet, original, sample):
     """Check that a *default* split reproduces ``original``'s forward on ``sample``.
@@ -368,108 +240,6 @@ def check_split_matches(bnet, original, sample):
             "model=sktransfer.split_model(net, blocks=[...], head='...', pre_head=...)."
         )
 
-
-def list_blocks(model, weights=None, input_shape=None):
-    """Describe the blocks of ``model``: what each ``freeze_depth`` freezes.
-
-    Parameters
-    ----------
-    model : str, nn.Module, class, callable or fitted sktransfer estimator
-        Anything accepted as ``model=`` by the estimators.
-    weights : str, path or None, default=None
-        As for the estimators. Loading weights is only needed when the
-        parameter count or shapes depend on them (they rarely do).
-    input_shape : tuple of int, default=None
-        Shape of one input sample (without the batch axis) used to compute
-        each block's output shape, e.g. ``(3, 224, 224)``. By default it is
-        inferred where possible (torchvision models, a first ``nn.Linear``).
-
-    Returns
-    -------
-    blocks : pandas.DataFrame
-        One row per block with columns ``index``, ``name``, ``n_params``,
-        ``output_shape`` (``None`` where unknown) and ``frozen_by`` (the
-        smallest ``freeze_depth`` that freezes the block). The head is described in
-        ``blocks.attrs["head"]`` (name and parameter count).
-
-    Examples
-    --------
-    >>> from torch import nn
-    >>> from sktransfer import list_blocks
-    >>> net = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 8),
-    ...                     nn.ReLU(), nn.Linear(8, 2))
-    >>> list_blocks(net)[["index", "name", "n_params", "output_shape"]]
-       index name  n_params output_shape
-    0      0  0-1        40         (8,)
-    1      1  2-3        72         (8,)
-    """
-    import pandas as pd
-
-    from ._weights import resolve_model
-
-    if input_shape is not None:
-        if not isinstance(input_shape, (tuple, list)) or not all(
-            isinstance(d, (int, np.integer)) and not isinstance(d, (bool, np.bool_))
-            for d in input_shape
-        ):
-            raise TypeError(
-                f"input_shape must be a tuple of ints, the shape of one sample without the "
-                f"batch axis (e.g. (3, 224, 224) or (n_features,)), got {input_shape!r}."
-            )
-        if any(d < 1 for d in input_shape):
-            raise ValueError(
-                f"input_shape={tuple(input_shape)} has sizes < 1; every axis of a sample "
-                "needs at least one value, e.g. (3, 224, 224) or (n_features,)."
-            )
-    resolved = resolve_model(model, weights)
-    bnet = resolved.net
-    shape = input_shape if input_shape is not None else resolved.input_shape
-    shapes = [None] * len(bnet.blocks)
-    if shape is not None and not _has_lazy(bnet):
-        try:
-            shapes = _block_output_shapes(bnet, tuple(shape))
-        except Exception as exc:  # noqa: BLE001
-            if input_shape is not None:
-                known = resolved.input_shape
-                hint = (f" The model takes samples of shape {tuple(known)}."
-                        if known is not None and tuple(known) != tuple(input_shape) else "")
-                raise ValueError(
-                    f"Running an input of shape {tuple(input_shape)} through the blocks "
-                    f"failed: {exc}.{hint} Check input_shape (one sample, no batch axis)."
-                ) from exc
-    rows = []
-    for i, (name, block) in enumerate(zip(bnet.block_names, bnet.blocks)):
-        rows.append({
-            "index": i,
-            "name": name,
-            "n_params": _n_params(block),
-            "output_shape": shapes[i],
-            "frozen_by": f"freeze_depth>={i + 1}",
-        })
-    df = pd.DataFrame(rows, columns=["index", "name", "n_params", "output_shape", "frozen_by"])
-    df.attrs["head"] = {
-        "name": bnet.head_name,
-        "n_params": _n_params(bnet.head) if bnet.has_head else 0,
-    }
-    df.attrs["split_kind"] = bnet.split_kind
-    return df
-
-
-def _has_lazy(module):
-    return any(isinstance(p, nn.parameter.UninitializedParameter) for p in module.parameters())
-
-
-def _block_output_shapes(bnet, shape):
-    bnet = copy.deepcopy(bnet).eval()
-    x = torch.zeros((2, *shape))
-    shapes = []
-    with torch.inference_mode():
-        for block in bnet.blocks:
-            x = block(x)
-            shapes.append(tuple(int(s) for s in x.shape[1:]))
-    return shapes
-
-
 def freeze_blocks(bnet, depth):
     """Set ``requires_grad=False`` on blocks ``0..depth-1``; return frozen param names."""
     frozen = set()
@@ -480,23 +250,52 @@ def freeze_blocks(bnet, depth):
     return frozen
 
 
+def freeze_all(net):
+    """The whole network frozen and in eval mode (feature extraction); returns it."""
+    net.requires_grad_(False)
+    return net.eval()
+
+
+def keep_frozen_in_eval(bnet, depth):
+    """Blocks ``0..depth-1`` back in eval mode after ``bnet.train()``: their BatchNorm
+    statistics do not move and their Dropout is off while the rest trains."""
+    for block in bnet.blocks[:depth]:
+        block.eval()
+
+
+def unfreeze_depth(epoch, n_blocks, floor, every):
+    """Gradual unfreezing: the number of frozen blocks in (1-based) ``epoch``.
+
+    The head trains alone for ``every`` epochs (all ``n_blocks`` frozen), then
+    one more block from the top is unfrozen every ``every`` epochs, down to
+    ``floor`` (``freeze_depth``) frozen blocks.
+    """
+    return max(floor, n_blocks - (epoch - 1) // every)
+
+
+def set_trainable_from(bnet, floor, depth):
+    """Blocks ``floor..depth-1`` frozen, blocks ``depth..`` trainable; blocks below
+    ``floor`` (frozen by ``freeze_depth``) are left as they are."""
+    for i, block in enumerate(bnet.blocks):
+        if i >= floor:
+            block.requires_grad_(i >= depth)
+
+
 def check_freeze_depth(freeze_depth, n_blocks):
-    """Validate ``freeze_depth`` against ``n_blocks``; return it as an int."""
-    if isinstance(freeze_depth, str):
-        if freeze_depth == "all":
-            return n_blocks
-        raise ValueError(
-            f"freeze_depth={freeze_depth!r} is not valid; use an int in [0, {n_blocks}] "
-            "or 'all'."
-        )
-    if isinstance(freeze_depth, (bool, np.bool_)) or not isinstance(
-        freeze_depth, (int, np.integer)
-    ):
+    """``freeze_depth`` as a number of blocks, checked against ``n_blocks``.
+
+    The estimator's constraints already allow only ints >= 0 and ``"all"``; the
+    upper bound depends on the model, and a bool passes as an int to them
+    (``True`` probably meant ``"all"``), so both are checked here.
+    """
+    if isinstance(freeze_depth, str):  # "all"
+        return n_blocks
+    if isinstance(freeze_depth, (bool, np.bool_)):
         raise TypeError(
             f"freeze_depth must be an int or 'all', got {type(freeze_depth).__name__} "
             f"{freeze_depth!r}."
         )
-    if not 0 <= freeze_depth <= n_blocks:
+    if freeze_depth > n_blocks:
         raise ValueError(
             f"freeze_depth={freeze_depth} is out of range: the model has {n_blocks} blocks, "
             f"so use 0..{n_blocks} or 'all' (see sktransfer.list_blocks(model))."

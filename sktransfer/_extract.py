@@ -8,7 +8,7 @@ import re
 import numpy as np
 from sklearn.base import BaseEstimator, TransformerMixin, _fit_context
 from sklearn.utils._param_validation import Interval, StrOptions
-from sklearn.utils.validation import check_is_fitted
+from sklearn.utils.validation import _check_feature_names_in, check_is_fitted
 
 from ._base import (
     TransferEstimatorMixin,
@@ -17,47 +17,15 @@ from ._base import (
     one_fit_at_a_time,
     unchanged_on_error,
 )
-from ._hf import is_text_net, pool_tokens
+from ._blocknet import pool_features
+from ._blocks import freeze_all
+from ._docstrings import fill_doc
+from ._hf import is_text_net
 from ._inputs import source_nan_columns, validate_input
 
-__all__ = ["FeatureExtractorTransformer", "pool_features", "resolve_layer"]
+__all__ = ["FeatureExtractorTransformer", "resolve_layer"]
 
 _POOLINGS = ("avg", "max", "flatten", "mean", "cls")
-
-
-def pool_features(x, pooling, channels_last=False, token_mask=False):
-    """Turn a block output into one vector per sample.
-
-    2-D outputs are returned as they are. Otherwise ``"avg"`` (``"mean"``)/``"max"``
-    reduce every axis except the batch and the channel axis (axis 1, or the last
-    axis when ``channels_last``, as for transformer tokens ``(n, tokens, dim)``),
-    ``"cls"`` takes the first token of a token sequence, and ``"flatten"`` keeps
-    everything. ``token_mask``: the output of a text encoder, whose last channel
-    is the attention mask (see ``_hf.pool_tokens``): padding is left out.
-    """
-    if token_mask:
-        return pool_tokens(x, pooling)
-    if x.ndim == 2:
-        return x
-    if pooling == "cls":
-        if not (channels_last and x.ndim == 3):
-            raise ValueError(
-                f"pooling='cls' takes the first token of a transformer's output "
-                f"(n, tokens, dim), but this layer outputs shape {tuple(x.shape)}; use "
-                "pooling='avg', 'max' or 'flatten'."
-            )
-        return x[:, 0]
-    if pooling == "mean":
-        pooling = "avg"
-    if pooling == "flatten":
-        return x.reshape(x.shape[0], -1)
-    if channels_last:
-        dims = tuple(range(1, x.ndim - 1))
-    else:
-        dims = tuple(range(2, x.ndim))
-    if pooling == "avg":
-        return x.mean(dim=dims)
-    return x.amax(dim=dims)
 
 
 def resolve_layer(layer, net):
@@ -72,6 +40,7 @@ def resolve_layer(layer, net):
     if layer == "head":
         return None, "head", True
     if isinstance(layer, (bool, np.bool_)):
+        # an int to the constraints; True/False as a layer is surely a mistake
         raise TypeError(f"layer must be an int, a block name or None, got {layer!r}.")
     if isinstance(layer, (int, np.integer)):
         if not -n <= layer < n:
@@ -81,25 +50,22 @@ def resolve_layer(layer, net):
             )
         idx = int(layer) % n
         return idx + 1, names[idx], False
-    if isinstance(layer, str):
-        if layer in names:
-            idx = names.index(layer)
-            return idx + 1, layer, False
-        # 'a-b' blocks (several Sequential children) answer to their last child's name
-        ends = [nm.rsplit("-", 1)[-1] for nm in names]
-        if ends.count(layer) == 1:
-            idx = ends.index(layer)
-            return idx + 1, names[idx], False
-        raise ValueError(
-            f"layer={layer!r} is not a block of this model; its blocks are {names} "
-            "(see sktransfer.list_blocks(model)). Use one of these names, an int index, "
-            "'head' or None for the head's input."
-        )
-    raise TypeError(
-        f"layer must be an int, a block name, 'head' or None, got {type(layer).__name__}."
+    if layer in names:
+        idx = names.index(layer)
+        return idx + 1, layer, False
+    # 'a-b' blocks (several Sequential children) answer to their last child's name
+    ends = [nm.rsplit("-", 1)[-1] for nm in names]
+    if ends.count(layer) == 1:
+        idx = ends.index(layer)
+        return idx + 1, names[idx], False
+    raise ValueError(
+        f"layer={layer!r} is not a block of this model; its blocks are {names} "
+        "(see sktransfer.list_blocks(model)). Use one of these names, an int index, "
+        "'head' or None for the head's input."
     )
 
 
+@fill_doc
 class FeatureExtractorTransformer(TransferEstimatorMixin, TransformerMixin, BaseEstimator):
     """Use a frozen pretrained network as a feature extractor.
 
@@ -110,16 +76,7 @@ class FeatureExtractorTransformer(TransferEstimatorMixin, TransformerMixin, Base
 
     Parameters
     ----------
-    model : str, nn.Module, callable or fitted sktransfer estimator, default=None
-        The pretrained network: a torchvision architecture name (``"resnet18"``),
-        ``"timm:<name>"`` (a timm model), ``"hf:<directory or hub id>"`` (a Hugging
-        Face text encoder: ``X`` is then a sequence of strings), an ``nn.Module``
-        (never modified), a class or zero-argument callable returning one, or a
-        fitted sktransfer estimator. Required.
-    weights : str, path or None, default=None
-        ``None`` keeps the module's weights; a torchvision weights name
-        (``"DEFAULT"``, ``"IMAGENET1K_V1"``) for string models; or a local
-        state-dict file (``.pt``/``.pth``/``.safetensors``).
+    {model_params}
     layer : int, str or None, default=None
         Which output to return: ``None`` the head's input (the usual
         "penultimate" features), an int block index (negative counts from the
@@ -189,14 +146,10 @@ class FeatureExtractorTransformer(TransferEstimatorMixin, TransformerMixin, Base
     """
 
     _parameter_constraints = {
-        "model": "no_validation",
-        "weights": "no_validation",
-        "layer": "no_validation",
+        **TransferEstimatorMixin._parameter_constraints,
+        # which ints and names exist depends on the model: checked in resolve_layer
+        "layer": [Interval(numbers.Integral, None, None, closed="neither"), str, None],
         "pooling": [StrOptions(set(_POOLINGS))],
-        "batch_size": [Interval(numbers.Integral, 1, None, closed="left")],
-        "device": "no_validation",
-        "preprocess": "no_validation",
-        "random_state": ["random_state"],
     }
 
     def __init__(self, model=None, weights=None, layer=None, pooling="avg", batch_size=64,
@@ -243,9 +196,7 @@ class FeatureExtractorTransformer(TransferEstimatorMixin, TransformerMixin, Base
         if stop is None and is_text_net(net):
             stop = len(net.blocks)  # texts: the last layer, pooled by ``pooling``
         self._probe(resolved, data, preprocess, seed)
-        net.requires_grad_(False)
-        net.eval()
-        self.module_ = net.to(device)
+        self.module_ = freeze_all(net).to(device)
         self._preprocess = preprocess
         self._stop, self._after_head = stop, after_head
         self.layer_name_ = name
@@ -267,7 +218,7 @@ class FeatureExtractorTransformer(TransferEstimatorMixin, TransformerMixin, Base
             out = net(batch) if self._after_head else net.forward_features(batch, stop=self._stop)
             return pool_features(out, self.pooling, channels_last, token_mask)
 
-        return self._map_batches(sub, features).numpy()
+        return self._map_batches(sub, features, self._preprocess).numpy()
 
     def transform(self, X):
         """Features of ``X`` from ``layer``.
@@ -292,13 +243,15 @@ class FeatureExtractorTransformer(TransferEstimatorMixin, TransformerMixin, Base
         Parameters
         ----------
         input_features : array-like of str or None, default=None
-            Ignored (the features are not the input columns).
+            Only checked against the input columns seen in ``fit`` (their names,
+            or their number): the output features are not input columns.
 
         Returns
         -------
         feature_names_out : ndarray of str
         """
         check_is_fitted(self, "n_features_out_")
+        _check_feature_names_in(self, input_features, generate_names=False)
         prefix = re.sub(r"[^0-9a-zA-Z_]+", "_", self.layer_name_)
         if prefix[:1].isdigit():
             prefix = f"block_{prefix}"

@@ -88,23 +88,18 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ._blocks import BlockNet, _chain
+from ._blocknet import BlockNet, GlobalPool, _chain
 
-
-def _pool_flatten():
-    return nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(1))
+# A pre_head reproduces the model's own forward between its last block and its
+# head: the model's own pooling module where it has one (``m.avgpool``), an
+# equal fresh one where torchvision calls the functional form
+# (``F.adaptive_avg_pool2d``), and sktransfer's ``GlobalPool("avg")`` where
+# torchvision writes ``x.mean([2, 3])`` (the same operation).
 
 
 # --------------------------------------------------------------------------
 # small parameter-free / adapter modules (module level: picklable)
 # --------------------------------------------------------------------------
-
-
-class _SpatialMean(nn.Module):
-    """``x.mean([2, 3])``: global average pooling as MNASNet/ShuffleNetV2 write it."""
-
-    def forward(self, x):
-        return x.mean([2, 3])
 
 
 class _ClassToken(nn.Module):
@@ -233,7 +228,8 @@ def _split_resnet(m):
         ("layer3", m.layer3),
         ("layer4", m.layer4),
     ]
-    return BlockNet(blocks, head=m.fc, pre_head=_pool_flatten(), head_name="fc",
+    return BlockNet(blocks, head=m.fc, pre_head=nn.Sequential(m.avgpool, nn.Flatten(1)),
+                    head_name="fc",
                     split_kind="family:resnet")
 
 
@@ -287,7 +283,7 @@ def _split_efficientnet(m):
 
 
 def _split_mnasnet(m):
-    pre_head = nn.Sequential(_SpatialMean(), m.classifier[0])
+    pre_head = nn.Sequential(GlobalPool("avg"), m.classifier[0])
     return BlockNet(_by_resolution(m.layers, "layers."), head=m.classifier[1],
                     pre_head=pre_head, head_name="classifier.1",
                     split_kind="family:mnasnet")
@@ -300,7 +296,7 @@ def _split_shufflenet_v2(m):
         ("stage3", m.stage3),
         ("stage4-conv5", _chain([m.stage4, m.conv5])),
     ]
-    return BlockNet(blocks, head=m.fc, pre_head=_SpatialMean(), head_name="fc",
+    return BlockNet(blocks, head=m.fc, pre_head=GlobalPool("avg"), head_name="fc",
                     split_kind="family:shufflenet_v2")
 
 

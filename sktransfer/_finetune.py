@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import math
 import numbers
-import warnings
-from abc import abstractmethod
-from functools import partial
+from abc import ABCMeta, abstractmethod
 
 import numpy as np
 import torch
@@ -15,16 +12,10 @@ from sklearn.preprocessing import LabelEncoder
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted
-from skorch.callbacks import EarlyStopping, PassthroughScoring, ProgressBar
+from skorch.callbacks import PassthroughScoring
 from torch import nn
 
-from . import _prefix_cache as prefix_cache
-from ._accelerate import (
-    SyncEpochLosses,
-    check_single_process_only,
-    net_class,
-    resolve_accelerator,
-)
+from ._accelerate import check_single_process_only, resolve_accelerator
 from ._base import (
     TransferEstimatorMixin,
     one_fit_at_a_time,
@@ -32,24 +23,13 @@ from ._base import (
     unchanged_on_error,
 )
 from ._blocks import check_freeze_depth, freeze_blocks
-from ._extract import pool_features
-from ._inputs import (
-    iter_batches,
-    make_batch,
-    padded_to_longest,
-    source_nan_columns,
-    validate_input,
-)
-from ._net import (
-    BatchDataset,
-    FiniteLossCheck,
-    TransferNet,
-    check_net_kwargs,
-    finish_fit,
-    fit_seeded,
-    holdout_split,
-    identity_collate,
-)
+from ._docstrings import fill_doc
+from ._heads import attach_head, check_hidden_sizes
+from ._inputs import source_nan_columns, validate_input
+from ._net import BatchDataset, TransferNet
+from ._persist import WeightsFileMixin
+from ._prefix_cache import starting_at, training_inputs
+from ._trainer import Trainer, lr_scheduler
 from ._weights import ResolvedModel
 
 __all__ = ["FineTunedClassifier", "FineTunedRegressor"]
@@ -61,81 +41,33 @@ _OPTIMIZERS = {
 }
 
 
-def _warmup_cosine(epoch, warmup, total):
-    """Learning-rate factor: linear warm-up over ``warmup`` epochs, then cosine to 0."""
-    if epoch < warmup:
-        return (epoch + 1) / (warmup + 1)
-    progress = (epoch - warmup) / max(1, total - warmup)
-    return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+class _BaseFineTuned(WeightsFileMixin, TransferEstimatorMixin, Trainer, BaseEstimator,
+                     metaclass=ABCMeta):
+    """Shared fit/predict logic; the subclasses set the task (``y``, loss, outputs)."""
 
-
-def _one_cycle(step, total, peak=0.3, start=1 / 25, end=1e-4):
-    """One-cycle factor per batch (Smith 2018, torch's OneCycleLR shape): cosine up
-    from ``start`` to 1 over the first ``peak`` of the steps, then down to ``end``."""
-    up = max(1, round(peak * total))
-    if step < up:
-        return start + (1 - start) * 0.5 * (1 - math.cos(math.pi * step / up))
-    progress = min(1.0, (step - up) / max(1, total - up))
-    return end + (1 - end) * 0.5 * (1 + math.cos(math.pi * progress))
-
-
-class _GlobalPool(nn.Module):
-    """Parameter-free: pool a feature map (or tokens) to one vector per sample."""
-
-    def __init__(self, channels_last=False):
-        super().__init__()
-        self.channels_last = channels_last
-
-    def forward(self, x):
-        return pool_features(x, "avg", self.channels_last)
-
-
-def _make_head(n_in, n_out, hidden, dropout, pool, channels_last):
-    layers = [_GlobalPool(channels_last)] if pool else []
-    width = n_in
-    for h in hidden:
-        layers += [nn.Dropout(dropout)] if dropout else []
-        layers += [nn.Linear(width, h), nn.ReLU()]
-        width = h
-    layers += [nn.Dropout(dropout)] if dropout else []
-    layers.append(nn.Linear(width, n_out))
-    return layers[0] if len(layers) == 1 else nn.Sequential(*layers)
-
-
-class _BaseFineTuned(TransferEstimatorMixin, BaseEstimator):
-    """Shared fit/predict logic; the subclasses set the task."""
+    _net_class = TransferNet
 
     _parameter_constraints = {
-        "model": "no_validation",
-        "weights": "no_validation",
-        "freeze_depth": "no_validation",  # checked against the block count in fit
+        **TransferEstimatorMixin._parameter_constraints,
+        **Trainer._parameter_constraints,
+        # the upper bound is the number of blocks, known in fit: check_freeze_depth
+        "freeze_depth": [Interval(numbers.Integral, 0, None, closed="left"),
+                         StrOptions({"all"})],
         "penalty": [StrOptions({"l2", "l1", "l2_sp"}), None],
         "alpha": [Interval(numbers.Real, 0, None, closed="left")],
-        "lr": [Interval(numbers.Real, 0, None, closed="neither")],
         "backbone_lr_scale": [Interval(numbers.Real, 0, None, closed="left")],
         "layer_decay": [Interval(numbers.Real, 0, 1, closed="right"), None],
         "lr_schedule": [StrOptions({"cosine", "warmup_cosine", "onecycle"}), None],
         "unfreeze_every": [Interval(numbers.Integral, 1, None, closed="left"), None],
         "augment": [callable, None],
-        "max_epochs": [Interval(numbers.Integral, 1, None, closed="left")],
-        "batch_size": [Interval(numbers.Integral, 1, None, closed="left")],
+        # a class that must subclass torch.optim.Optimizer: checked in _optimizer
         "optimizer": [StrOptions(set(_OPTIMIZERS)), type],
-        "weight_decay": [Interval(numbers.Real, 0, None, closed="left")],
         "momentum": [Interval(numbers.Real, 0, 1, closed="both")],
+        # every size a positive int: checked by _heads.check_hidden_sizes
         "head_hidden_sizes": ["array-like"],
         "dropout": [Interval(numbers.Real, 0, 1, closed="left")],
         "reuse_head": ["boolean"],
-        "early_stopping": ["boolean"],
-        "validation_fraction": [Interval(numbers.Real, 0, 1, closed="neither")],
-        "n_iter_no_change": [Interval(numbers.Integral, 1, None, closed="left")],
-        "tol": [Interval(numbers.Real, 0, None, closed="left")],
         "cache_size": [Interval(numbers.Real, 0, None, closed="left")],
-        "random_state": ["random_state"],
-        "device": "no_validation",
-        "accelerator": "no_validation",  # checked in fit (accelerate is optional)
-        "preprocess": "no_validation",
-        "verbose": ["verbose"],
-        "net_kwargs": [dict, None],
     }
 
     def __init__(self, model=None, weights=None, *, freeze_depth=0, penalty="l2_sp",
@@ -179,7 +111,7 @@ class _BaseFineTuned(TransferEstimatorMixin, BaseEstimator):
         self.verbose = verbose
         self.net_kwargs = net_kwargs
 
-    # -- task-specific stages ------------------------------------------------
+    # -- task-specific stages (the subclasses) -------------------------------------
     @abstractmethod
     def _encode_y(self, y):
         """Validate ``y``, set the target attributes; return (y_tensor, n_out, stratify)."""
@@ -188,20 +120,38 @@ class _BaseFineTuned(TransferEstimatorMixin, BaseEstimator):
     def _criterion(self):
         """The skorch criterion class."""
 
-    # -- fit -------------------------------------------------------------------
-    def _check_hidden(self):
-        hidden = tuple(self.head_hidden_sizes)
-        for h in hidden:
-            if isinstance(h, (bool, np.bool_)) or not isinstance(h, numbers.Integral) or h < 1:
-                raise ValueError(
-                    f"head_hidden_sizes must be positive ints, got {self.head_hidden_sizes!r}."
-                )
-        return hidden
+    @abstractmethod
+    def _n_out_meaning(self):
+        """What the ``n_out`` outputs of the head are, for error messages."""
 
-    def _optimizer_cls_kwargs(self):
+    def _y_kwargs(self):
+        return {"multi_output": False}
+
+    def _class_weights(self, y):
+        return 1.0
+
+    # -- the network ---------------------------------------------------------------
+    def _build_module(self, resolved, features, n_out, seed):
+        """Pretrained blocks + a head for ``n_out`` outputs, frozen up to ``freeze_depth``.
+
+        Returns ``(net, number of frozen blocks, parameter-name prefixes of the new
+        parameters)``.
+        """
+        net = resolved.net
+        depth = check_freeze_depth(self.freeze_depth, len(net.blocks))
+        hidden = check_hidden_sizes(self.head_hidden_sizes)
+        new_prefixes = attach_head(net, features, n_out, seed, reuse_head=self.reuse_head,
+                                   hidden=hidden, dropout=self.dropout,
+                                   outputs=self._n_out_meaning)
+        freeze_blocks(net, depth)
+        return net, depth, new_prefixes
+
+    # -- training stages (see _trainer.Trainer) --------------------------------------
+    def _optimizer(self):
         opt = self.optimizer
         cls = _OPTIMIZERS[opt] if isinstance(opt, str) else opt
-        if not (isinstance(cls, type) and issubclass(cls, torch.optim.Optimizer)):
+        # the constraints say "a class"; a subclass of Optimizer, they cannot say
+        if not issubclass(cls, torch.optim.Optimizer):
             raise TypeError(
                 f"optimizer must be one of {sorted(_OPTIMIZERS)} or a torch.optim.Optimizer "
                 f"subclass (e.g. torch.optim.RMSprop), got {opt!r}."
@@ -211,83 +161,21 @@ class _BaseFineTuned(TransferEstimatorMixin, BaseEstimator):
             kwargs["momentum"] = self.momentum
         return cls, kwargs
 
-    def _build_module(self, resolved, features, n_out, seed):
-        """Pretrained blocks + a head for ``n_out`` outputs, frozen up to ``freeze_depth``."""
-        net = resolved.net
-        depth = check_freeze_depth(self.freeze_depth, len(net.blocks))
-        hidden = self._check_hidden()
-        if self.reuse_head:
-            if not net.has_head:
-                raise ValueError(
-                    "reuse_head=True but the pretrained model has no head (it is an "
-                    "encoder); use reuse_head=False."
-                )
-            with torch.no_grad():
-                out = net.forward_head(features)
-            if out.ndim != 2 or out.shape[1] != n_out:
-                raise ValueError(
-                    f"reuse_head=True needs the pretrained head to output {n_out} values "
-                    f"per sample ({self._n_out_meaning()}), but it outputs "
-                    f"{tuple(out.shape[1:])}. Use reuse_head=False for a new head."
-                )
-            new_prefixes = ()
-            if hidden or self.dropout:
-                warnings.warn(
-                    "head_hidden_sizes and dropout are ignored when reuse_head=True.",
-                    UserWarning, stacklevel=3,
-                )
-        else:
-            # the head's input: features per sample (a map or tokens get pooled first)
-            channel_axis = -1 if features.ndim == 2 or net.channels_last else 1
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(seed)
-                net.head = _make_head(
-                    int(features.shape[channel_axis]), n_out, hidden, self.dropout,
-                    features.ndim > 2, net.channels_last,
-                )
-            net.post_head = nn.Identity()
-            net.has_head = True
-            net.head_name = "head (new)"
-            new_prefixes = ("head.",)
-        freeze_blocks(net, depth)
-        return net, depth, new_prefixes
+    def _scoring_callbacks(self):
+        # the mean data loss alone, next to train_loss (which includes the penalty)
+        return [("train_data_loss", PassthroughScoring(name="train_data_loss", on_train=True))]
 
-    def _validation_split(self, n, stratify, seed):
-        if not self.early_stopping:
-            return np.arange(n), None
-        return holdout_split(n, self.validation_fraction, seed, stratify=stratify)
+    def _schedule_callbacks(self, epochs, steps_per_epoch):
+        if self.lr_schedule is None:
+            return []
+        return [("lr_scheduler", lr_scheduler(self.lr_schedule, epochs, steps_per_epoch))]
 
-    def _callbacks(self, steps_per_epoch):
-        callbacks = [
-            ("train_data_loss", PassthroughScoring(name="train_data_loss", on_train=True)),
-            # several processes (accelerate): every process sees the mean losses
-            ("sync_losses", SyncEpochLosses()),
-            ("finite_loss", FiniteLossCheck()),
-        ]
-        if self.early_stopping:
-            callbacks.append(("early_stopping", EarlyStopping(
-                monitor="valid_loss", patience=self.n_iter_no_change, threshold=self.tol,
-                threshold_mode="rel", load_best=True, sink=print,
-            )))
-        if self.lr_schedule is not None:
-            callbacks.append(("lr_scheduler", self._lr_scheduler(steps_per_epoch)))
-        if self.verbose >= 2:
-            callbacks.append(("progress_bar", ProgressBar()))
-        return callbacks
+    def _skorch_kwargs(self, dataset):
+        # with sample weights, the net weighs per-sample losses itself
+        return {"criterion__reduction": "none"} if dataset.sample_weight is not None else {}
 
-    def _lr_scheduler(self, steps_per_epoch):
-        """A skorch ``LRScheduler`` scaling every parameter group's rate by a factor."""
-        from skorch.callbacks import LRScheduler
-
-        epochs = self.max_epochs
-        if self.lr_schedule == "onecycle":
-            factor = partial(_one_cycle, total=max(1, epochs * steps_per_epoch))
-            return LRScheduler(policy=torch.optim.lr_scheduler.LambdaLR, lr_lambda=factor,
-                               step_every="batch", event_name=None)
-        warmup = max(1, round(0.1 * epochs)) if self.lr_schedule == "warmup_cosine" else 0
-        factor = partial(_warmup_cosine, warmup=warmup, total=epochs)
-        return LRScheduler(policy=torch.optim.lr_scheduler.LambdaLR, lr_lambda=factor,
-                           step_every="epoch", event_name=None)
+    def _divergence_advice(self):
+        return " or a smaller alpha, or scale X (e.g. StandardScaler) and, for regression, y."
 
     @_fit_context(prefer_skip_nested_validation=True)
     @one_fit_at_a_time
@@ -332,17 +220,19 @@ class _BaseFineTuned(TransferEstimatorMixin, BaseEstimator):
         features = self._probe(resolved, data, preprocess, seed)
         module, depth, new_prefixes = self._build_module(resolved, features, n_out, seed)
         train_idx, valid_idx = self._validation_split(len(data), stratify, seed)
-        X_train, start = self._training_inputs(module, data, depth, preprocess, device)
+        X_train, start = training_inputs(
+            module, data, depth, preprocess, device, batch_size=self.batch_size,
+            cache_size=self.cache_size, augment=self.augment, verbose=self.verbose)
         dataset = BatchDataset(X_train, y_tensor, preprocess, sample_weight=weights)
-        net = self._make_net(module, depth, new_prefixes, dataset, train_idx, valid_idx, device,
-                             accelerator)
-        module.start_block = start
-        try:
-            fit_seeded(net, dataset, train_idx, seed, device, augment=self.augment)
-        finally:
-            module.start_block = 0
-        history = finish_fit(net, net.module_, "pretrained blocks, new head")
-        module = net.module_
+        net = self._make_net(
+            module, dataset, train_idx, valid_idx, device, accelerator, freeze_depth=depth,
+            penalty=self.penalty, alpha=float(self.alpha),
+            backbone_lr_scale=float(self.backbone_lr_scale), layer_decay=self.layer_decay,
+            new_prefixes=new_prefixes, weighted=weights is not None,
+            unfreeze_every=self.unfreeze_every)
+        with starting_at(module, start):
+            module, history = self._train(net, dataset, train_idx, seed, device,
+                                          "pretrained blocks, new head", augment=self.augment)
         self.module_ = module
         self.device_ = device
         self._preprocess = preprocess
@@ -366,199 +256,13 @@ class _BaseFineTuned(TransferEstimatorMixin, BaseEstimator):
             return None  # equal weights: the plain mean, bit for bit
         return torch.as_tensor(w, dtype=torch.float32)
 
-    def _class_weights(self, y):
-        return 1.0
-
-    def _training_inputs(self, module, data, depth, preprocess, device):
-        """What the trained part of the network sees: ``(X, first trained block)``.
-
-        With frozen blocks and room in ``cache_size``, their outputs are computed
-        once (eval mode, batch by batch) and training starts at block ``depth``;
-        otherwise the raw input, run through the frozen blocks on every batch.
-        """
-        if data.kind in ("tabular", "array"):
-            raw = torch.from_numpy(np.ascontiguousarray(data.data, dtype=np.float32))
-        else:
-            raw = data
-        if depth == 0 or self.cache_size == 0:
-            return raw, 0
-        if self.augment is not None:
-            if self.verbose:
-                print(
-                    "Frozen-prefix cache off: augment changes the inputs of every batch, "
-                    "so the frozen blocks run on every batch."
-                )
-            return raw, 0
-        module.eval()
-        data = padded_to_longest(data, preprocess)  # texts: one length for every output
-        with torch.no_grad():
-            sample = make_batch(data, 0, 1, preprocess).to(device)
-            shape = tuple(module.forward_features(sample, stop=depth).shape[1:])
-            n_bytes = 4 * len(data) * int(np.prod(shape))
-            if n_bytes > self.cache_size * 2**20:
-                if self.verbose:
-                    print(
-                        f"Frozen-prefix cache off: the outputs of the {depth} frozen blocks "
-                        f"need {n_bytes / 2**20:.0f} MB > cache_size={self.cache_size} MB; "
-                        "the frozen blocks run on every batch instead."
-                    )
-                return raw, 0
-            # an earlier fit with the same frozen blocks on the same data (a grid
-            # search over alpha, lr, ...) already computed them
-            key = prefix_cache.prefix_key(module.blocks[:depth], data, preprocess,
-                                          self.batch_size, device)
-            cached = prefix_cache.lookup(key)
-            if cached is not None and tuple(cached.shape) == (len(data), *shape):
-                if self.verbose:
-                    print(
-                        f"Frozen-prefix cache on: outputs of the {depth} frozen blocks "
-                        f"reused from an earlier fit on the same data ({n_bytes / 2**20:.1f}"
-                        f" MB); training starts at block {depth}."
-                    )
-                return cached, depth
-            cached = torch.empty((len(data), *shape), dtype=torch.float32, device=device)
-            start = 0
-            for batch in iter_batches(data, self.batch_size, preprocess, device):
-                out = module.forward_features(batch, stop=depth)
-                cached[start:start + len(out)] = out
-                start += len(out)
-            prefix_cache.store(key, cached, self.cache_size * 2**20)
-        if self.verbose:
-            print(
-                f"Frozen-prefix cache on: outputs of the {depth} frozen blocks computed once "
-                f"({n_bytes / 2**20:.1f} MB); training starts at block {depth}."
-            )
-        return cached, depth
-
-    def _make_net(self, module, depth, new_prefixes, dataset, train_idx, valid_idx, device,
-                  accelerator=None):
-        """The private skorch net for this fit; ``dataset`` holds all samples.
-
-        With an ``accelerator`` the net class gets skorch's ``AccelerateMixin``
-        and the accelerator, not skorch, places the network.
-        """
-        drop_last = len(train_idx) % self.batch_size == 1 and len(train_idx) > 1
-        steps_per_epoch = (len(train_idx) // self.batch_size if drop_last
-                           else -(-len(train_idx) // self.batch_size))
-        weighted = dataset.sample_weight is not None
-        train_split = None
-        if valid_idx is not None:
-            from skorch.helper import predefined_split
-
-            train_split = predefined_split(torch.utils.data.Subset(dataset, valid_idx))
-        opt_cls, opt_kwargs = self._optimizer_cls_kwargs()
-        kwargs = {
-            "criterion": self._criterion(),
-            "optimizer": opt_cls,
-            "lr": self.lr,
-            "max_epochs": self.max_epochs,
-            "batch_size": self.batch_size,
-            "train_split": train_split,
-            "callbacks": self._callbacks(steps_per_epoch),
-            "iterator_train__shuffle": True,
-            # a last batch of one sample breaks BatchNorm in training mode
-            "iterator_train__drop_last": drop_last,
-            "iterator_train__collate_fn": identity_collate,
-            "iterator_valid__collate_fn": identity_collate,
-            "device": device,
-            "verbose": int(self.verbose),
-        }
-        if not self.verbose and accelerator is None:
-            # skorch's epoch table is formatted even when not printed (AccelerateMixin
-            # sets the table's sink, so it keeps the table)
-            kwargs["callbacks__print_log"] = None
-        if weighted:
-            kwargs["criterion__reduction"] = "none"
-        kwargs.update({f"optimizer__{k}": v for k, v in opt_kwargs.items()})
-        check_net_kwargs(self, kwargs, opt_cls, kwargs["criterion"])
-        extra = dict(self.net_kwargs or {})
-        # the user's callbacks come on top of ours (loss check, early stopping, ...)
-        kwargs["callbacks"] = kwargs["callbacks"] + list(extra.pop("callbacks", None) or [])
-        net_cls, accelerate_kwargs = net_class(TransferNet, accelerator, self.verbose)
-        kwargs.update(accelerate_kwargs)
-        kwargs.update(extra)
-        return net_cls(
-            module, freeze_depth=depth, penalty=self.penalty, alpha=float(self.alpha),
-            backbone_lr_scale=float(self.backbone_lr_scale), layer_decay=self.layer_decay,
-            new_prefixes=new_prefixes, weighted=weighted, unfreeze_every=self.unfreeze_every,
-            **kwargs,
-        )
-
-    def _y_kwargs(self):
-        return {"multi_output": False}
-
     # -- inference ---------------------------------------------------------------
     def _outputs(self, X):
         """Raw network outputs for ``X`` (float32 tensor on the CPU)."""
         check_is_fitted(self, "module_")
         data = validate_input(self, X, reset=False,
                               nan_columns=source_nan_columns(self.module_))
-        return self._map_batches(data, self.module_)
-
-    def save_weights(self, path):
-        """Save the fine-tuned network to a ``.safetensors`` file, without pickle.
-
-        The file holds the network's tensors and, as metadata, what
-        :meth:`load_weights` needs to rebuild it around the same pretrained
-        model (head configuration, labels or outputs, input layout, history).
-        Share it with the pretrained model's code instead of a pickle, which
-        can run code when loaded.
-
-        Parameters
-        ----------
-        path : str or path-like
-            Where to write; must end in ``.safetensors``.
-
-        Returns
-        -------
-        path : pathlib.Path
-
-        Examples
-        --------
-        >>> import numpy as np, tempfile, os
-        >>> from torch import nn
-        >>> from sktransfer import FineTunedClassifier
-        >>> net = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3))
-        >>> X = np.random.RandomState(0).normal(size=(30, 4)).astype(np.float32)
-        >>> y = (X[:, 0] > 0).astype(int)
-        >>> clf = FineTunedClassifier(model=net, max_epochs=2, random_state=0,
-        ...                           device="cpu").fit(X, y)
-        >>> path = os.path.join(tempfile.mkdtemp(), "clf.safetensors")
-        >>> _ = clf.save_weights(path)
-        >>> again = FineTunedClassifier(model=net, device="cpu").load_weights(path)
-        >>> bool((again.predict_proba(X) == clf.predict_proba(X)).all())
-        True
-        """
-        check_is_fitted(self, "module_")
-        from ._persist import save_weights
-
-        return save_weights(self, path)
-
-    def load_weights(self, path):
-        """Load a network written by :meth:`save_weights`; the estimator becomes fitted.
-
-        ``model`` (and ``weights``) must name the same pretrained architecture
-        that was fine-tuned: the network is rebuilt around it, then every tensor
-        is replaced by the file's. ``head_hidden_sizes``, ``dropout``,
-        ``reuse_head`` and ``freeze_depth`` are set from the file.
-
-        Parameters
-        ----------
-        path : str or path-like
-            A ``.safetensors`` file written by :meth:`save_weights`.
-
-        Returns
-        -------
-        self
-            The estimator, fitted, predicting exactly as the saved one did.
-
-        Examples
-        --------
-        See :meth:`save_weights`.
-        """
-        from ._persist import load_weights
-
-        return load_weights(self, path)
+        return self._map_batches(data, self.module_, self._preprocess)
 
     def __sktransfer_model__(self):
         """The fine-tuned network as a source model for another estimator."""
@@ -577,6 +281,7 @@ class _BaseFineTuned(TransferEstimatorMixin, BaseEstimator):
         return tags
 
 
+@fill_doc
 class FineTunedClassifier(ClassifierMixin, _BaseFineTuned):
     """Fine-tune a pretrained network for classification.
 
@@ -588,134 +293,12 @@ class FineTunedClassifier(ClassifierMixin, _BaseFineTuned):
 
     Parameters
     ----------
-    model : str, nn.Module, callable or fitted sktransfer estimator, default=None
-        The pretrained network: a torchvision architecture name, ``"timm:<name>"``,
-        ``"hf:<directory or hub id>"`` (a text encoder: ``X`` is a sequence of
-        strings, and the new head sits on the mean of the last layer's tokens), an
-        ``nn.Module`` (never modified), a class or zero-argument callable returning
-        one, or a fitted sktransfer estimator (source -> target chaining).
-    weights : str, path or None, default=None
-        ``None`` keeps the module's weights; ``"DEFAULT"``/``"IMAGENET1K_V1"`` for
-        torchvision names; or a local ``.pt``/``.pth``/``.safetensors`` state dict.
-    freeze_depth : int or "all", default=0
-        Number of leading blocks to freeze (see :func:`list_blocks`); ``"all"``
-        trains the head only. Frozen parameters are left out of the optimizer,
-        stay bit-for-bit unchanged, and their BatchNorm/Dropout stay in eval mode.
-    penalty : {"l2_sp", "l2", "l1"} or None, default="l2_sp"
-        The regulariser ``R``. ``"l2_sp"``: ``1/2 ||theta - theta_s||^2`` over the
-        trainable pretrained parameters plus ``1/2 ||theta||^2`` over the new
-        head (Li et al., 2018); ``"l2"``: ``1/2 ||theta||^2``; ``"l1"``:
-        ``||theta||_1``; sums over trainable parameters.
-    alpha : float, default=1e-3
-        Strength ``lambda`` of the penalty in ``mean loss + alpha * R(theta)``,
-        added on every training batch (never to the validation loss).
-    lr : float, default=1e-3
-        Learning rate of the head (and any new parameters).
-    backbone_lr_scale : float, default=0.1
-        The unfrozen pretrained blocks train at ``lr * backbone_lr_scale``.
-    layer_decay : float in (0, 1] or None, default=None
-        Layer-wise learning-rate decay: the top pretrained block trains at
-        ``lr * backbone_lr_scale``, the block ``i`` places below it at
-        ``lr * backbone_lr_scale * layer_decay ** i`` (typical values 0.65-0.9),
-        so the input-side blocks, the most general, move least.
-    lr_schedule : {"cosine", "warmup_cosine", "onecycle"} or None, default=None
-        Learning-rate schedule over ``max_epochs`` (skorch ``LRScheduler``),
-        scaling every group's rate: ``"cosine"`` anneals to 0 per epoch;
-        ``"warmup_cosine"`` warms up linearly over the first 10% of the epochs
-        (at least one), then anneals; ``"onecycle"`` (per batch) rises from 1/25
-        of the rate to the full rate over the first 30% of the steps, then anneals
-        to 1e-4 of it. ``history_`` records ``lr``, the head's rate as each epoch
-        starts. With early stopping, training can end before the schedule does.
-    max_epochs : int, default=50
-        Maximum number of passes over the training data.
-    batch_size : int, default=32
-        Samples per training step.
-    optimizer : {"adamw", "adam", "sgd"} or torch optimizer class, default="adamw"
-        The optimizer (``"sgd"`` uses ``momentum``).
-    weight_decay : float, default=0.0
-        The optimizer's own weight decay (decoupled for AdamW), on top of ``penalty``.
-    momentum : float, default=0.9
-        Momentum for ``optimizer="sgd"``.
-    head_hidden_sizes : tuple of int, default=()
-        Hidden layers of the new head (ReLU); ``()`` is a single linear layer.
-    dropout : float, default=0.0
-        Dropout before each layer of the new head.
-    reuse_head : bool, default=False
-        Keep the pretrained head instead of a new one (same output space on
-        source and target); the head is then penalised like a pretrained block.
+    {model_params}
+    {finetune_params}
     class_weight : "balanced", dict or None, default=None
         Weights of the classes in the loss, as in scikit-learn: ``"balanced"``
         uses ``n_samples / (n_classes * count(class))``, a dict maps labels to
         weights. They multiply ``sample_weight`` in ``fit``.
-    unfreeze_every : int or None, default=None
-        Gradual unfreezing (ULMFiT, fastai's ``fine_tune``): train the head alone
-        for ``unfreeze_every`` epochs, then unfreeze one more block from the top
-        every ``unfreeze_every`` epochs, down to ``freeze_depth``. ``history_``
-        records ``trainable_from``, the first trainable block, at each epoch.
-    augment : callable or None, default=None
-        Train-time augmentation: called on every training batch (a float32
-        tensor ``(n, ...)`` on the CPU, after preprocessing) and returns the
-        augmented batch, e.g. a ``torchvision.transforms.v2`` transform. Never
-        applied to validation data or at predict time. It turns the frozen-prefix
-        cache off (the frozen blocks must see the augmented inputs). ``fit`` seeds
-        torch's random generator from ``random_state``, so an augment drawing
-        from torch (``torch.rand``, torchvision transforms) is reproducible; one
-        drawing from numpy's global generator is not.
-    early_stopping : bool, default=False
-        Hold out ``validation_fraction`` of the training data (stratified) and stop
-        when the validation loss has not improved by ``tol`` for
-        ``n_iter_no_change`` epochs; the best epoch's weights are restored.
-    validation_fraction : float, default=0.1
-        Share of the training data held out when ``early_stopping=True``.
-    n_iter_no_change : int, default=10
-        Patience of early stopping, in epochs.
-    tol : float, default=1e-4
-        Relative improvement of the validation loss that counts for early stopping.
-    cache_size : float, default=1024
-        Memory budget (MB) for the frozen-prefix cache: when blocks are frozen,
-        their outputs for the training data are computed once per ``fit`` and the
-        rest of the network trains on them, which gives the same result as running
-        the frozen blocks on every batch, much faster. When the outputs would
-        need more than ``cache_size`` MB (on ``device``), the frozen blocks run on
-        every batch instead (``verbose`` says so). ``0`` turns the cache off.
-        The outputs are also kept between fits (at most ``cache_size`` MB per
-        process, least recently used first out), keyed by the frozen blocks'
-        weights, the data, the preprocessing, ``batch_size`` and the device: a
-        later fit with the same frozen prefix, as in a grid search over
-        ``alpha`` or ``lr``, reuses them. :func:`sktransfer.clear_cache` frees them.
-    random_state : int, RandomState or None, default=None
-        Seeds a model built by a class or factory, the new head, the shuffling,
-        dropout and the validation split: the same seed and data give identical
-        predictions.
-    device : str, default="auto"
-        ``"cpu"``, ``"cuda"``, ``"cuda:<i>"`` or ``"auto"`` (CUDA when available).
-    accelerator : accelerate.Accelerator, dict or None, default=None
-        Train through Hugging Face ``accelerate`` (skorch's ``AccelerateMixin``):
-        on several GPUs in one fit when the script runs under ``accelerate
-        launch`` or ``torchrun`` (distributed data parallel; ``batch_size`` is per
-        process), with mixed precision, or on any device accelerate supports.
-        Pass an ``Accelerator`` or a dict of its keyword arguments, built at fit
-        time (e.g. ``{"mixed_precision": "bf16"}``), which keeps the estimator
-        cheap to clone for a grid search. The accelerator places the network:
-        leave ``device="auto"``. Needs ``pip install 'sktransfer[accelerate]'``.
-        With several processes, ``unfreeze_every`` is not supported and the epoch
-        losses are averaged over processes, so early stopping stops all of them
-        at the same epoch. See the user guide, "Scaling out".
-    preprocess : "auto", callable or None, default="auto"
-        Image preprocessing, as in :class:`FeatureExtractorTransformer`.
-    verbose : int, default=0
-        0 silent; 1 a table of train/valid loss per epoch; 2 also a progress bar
-        over batches.
-    net_kwargs : dict or None, default=None
-        Extra keyword arguments for the internal ``skorch.NeuralNet`` (e.g.
-        ``{"iterator_train__num_workers": 2}``, ``{"optimizer__betas": (0.9,
-        0.99)}``, or another loss: ``{"criterion": torch.nn.HuberLoss,
-        "criterion__delta": 0.5}``). ``{"callbacks": [...]}`` adds skorch
-        callbacks to sktransfer's own (loss check, early stopping). Keys that an
-        estimator parameter controls (``lr``, ``max_epochs``,
-        ``optimizer__weight_decay``, ...), that sktransfer sets itself
-        (``train_split``, the collate functions), ``module__*`` (it would drop the
-        pretrained weights) and misspelt keys raise a ``ValueError``.
 
     Attributes
     ----------
@@ -770,11 +353,11 @@ class FineTunedClassifier(ClassifierMixin, _BaseFineTuned):
                  lr_schedule=None, unfreeze_every=None, augment=None, max_epochs=50,
                  batch_size=32,
                  optimizer="adamw", weight_decay=0.0, momentum=0.9, head_hidden_sizes=(),
-                 dropout=0.0, reuse_head=False, class_weight=None, early_stopping=False,
+                 dropout=0.0, reuse_head=False, early_stopping=False,
                  validation_fraction=0.1, n_iter_no_change=10, tol=1e-4, cache_size=1024,
                  random_state=None,
                  device="auto", accelerator=None, preprocess="auto", verbose=0,
-                 net_kwargs=None):
+                 net_kwargs=None, class_weight=None):
         super().__init__(
             model=model, weights=weights, freeze_depth=freeze_depth, penalty=penalty,
             alpha=alpha, lr=lr, backbone_lr_scale=backbone_lr_scale, layer_decay=layer_decay,
@@ -860,6 +443,7 @@ class FineTunedClassifier(ClassifierMixin, _BaseFineTuned):
         return self.classes_[logits.argmax(dim=1).numpy()]
 
 
+@fill_doc
 class FineTunedRegressor(RegressorMixin, _BaseFineTuned):
     """Fine-tune a pretrained network for regression (single or multi-output).
 
@@ -871,11 +455,8 @@ class FineTunedRegressor(RegressorMixin, _BaseFineTuned):
 
     Parameters
     ----------
-    model, weights, freeze_depth, penalty, alpha, lr, backbone_lr_scale, \
-layer_decay, lr_schedule, unfreeze_every, augment, max_epochs, batch_size, optimizer, weight_decay, momentum, head_hidden_sizes, \
-dropout, reuse_head, early_stopping, validation_fraction, n_iter_no_change, tol, \
-cache_size, random_state, device, accelerator, preprocess, verbose, net_kwargs
-        As in :class:`FineTunedClassifier` (the validation split is not stratified).
+    {model_params}
+    {finetune_params}
 
     Attributes
     ----------

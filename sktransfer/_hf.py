@@ -43,7 +43,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ._blocks import BlockNet
+from ._blocknet import BlockNet, GlobalPool, pool_tokens
+from ._weight_files import WeightsUnavailableError
 
 __all__ = ["build_hf", "TextPreprocess", "pool_tokens", "is_text_net"]
 
@@ -67,23 +68,6 @@ def require_hf(what):
 def is_text_net(net):
     """Whether ``net``'s block outputs carry an attention mask (a text encoder)."""
     return bool(getattr(net, "token_mask", False))
-
-
-def pool_tokens(x, pooling):
-    """One vector per text from a block output ``(n, L, dim + 1)`` (mask last)."""
-    if x.ndim == 2:
-        return x
-    h, mask = x[..., :-1], x[..., -1:]
-    if pooling == "cls":
-        return h[:, 0]
-    if pooling in ("avg", "mean"):
-        return (h * mask).sum(dim=1) / mask.sum(dim=1).clamp_min(1.0)
-    if pooling == "max":
-        return h.masked_fill(mask == 0, float("-inf")).amax(dim=1)
-    raise ValueError(
-        f"pooling={pooling!r} does not apply to texts, whose token sequences have different "
-        "lengths; use 'mean' (average over the tokens), 'cls' (the first token) or 'max'."
-    )
 
 
 class TextPreprocess:
@@ -156,13 +140,6 @@ class _Layer(nn.Module):
         return torch.cat([out, mask.unsqueeze(-1).to(out.dtype)], dim=-1)
 
 
-class _TokenMean(nn.Module):
-    """Parameter-free ``pre_head``: the mean over the real tokens."""
-
-    def forward(self, x):
-        return pool_tokens(x, "mean")
-
-
 def _looks_local(name):
     return (name.startswith((".", "~", os.sep, "/")) or os.path.exists(os.path.expanduser(name))
             or name.count("/") > 1 or (os.sep != "/" and os.sep in name))
@@ -205,8 +182,6 @@ def _load(transformers, name):
 
 def build_hf(name, weights):
     """Load ``hf:<name>`` and split it. Returns ``(BlockNet, TextPreprocess, description)``."""
-    from ._weights import WeightsUnavailableError
-
     transformers = require_hf(f"model='hf:{name}'")
     if weights is not None:
         raise ValueError(
@@ -295,7 +270,7 @@ def split_hf(model):
     prefix = path.rsplit(".", 1)[-1]
     blocks = [("embeddings", _Embeddings(embeddings))]
     blocks += [(f"{prefix}.{i}", _Layer(layer, model.config)) for i, layer in enumerate(layers)]
-    net = BlockNet(blocks, head=None, pre_head=_TokenMean(),
+    net = BlockNet(blocks, head=None, pre_head=GlobalPool("mean", token_mask=True),
                    split_kind=f"hf:{getattr(model.config, 'model_type', 'encoder')}",
                    channels_last=True)
     net.token_mask = True  # block outputs carry the attention mask (pool_tokens)

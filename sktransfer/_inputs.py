@@ -27,8 +27,8 @@ import numpy as np
 import torch
 from sklearn.utils.validation import check_array, validate_data
 
-__all__ = ["InputData", "validate_input", "iter_batches", "n_samples", "check_real",
-           "clearer_errors", "ImagePreprocess", "image_mode", "padded_to_longest",
+__all__ = ["InputData", "validate_input", "iter_batches", "make_batch", "in_memory",
+           "check_real", "clearer_errors", "ImagePreprocess", "image_mode", "padded_to_longest",
            "source_nan_columns", "check_missing"]
 
 
@@ -419,10 +419,6 @@ def _text_batch(texts, preprocess, pad_to):
     return batch
 
 
-def n_samples(data):
-    return len(data.data)
-
-
 def image_mode(net):
     """The PIL mode that image files and PIL images become for ``net``.
 
@@ -523,6 +519,14 @@ def make_batch(data, start, stop, preprocess=None):
             batch = _to_float_image(batch)
         return batch.to(torch.float32).contiguous()
     return batch.to(torch.float32)
+
+
+def in_memory(data):
+    """Tables and numeric arrays as one float32 tensor (CPU); uint8 images, image
+    files and texts stay ``InputData``, preprocessed (and loaded) batch by batch."""
+    if data.kind in ("tabular", "array"):
+        return torch.from_numpy(np.ascontiguousarray(data.data, dtype=np.float32))
+    return data
 
 
 def iter_batches(data, batch_size, preprocess=None, device="cpu"):

@@ -1,110 +1,44 @@
-"""The private skorch ``NeuralNet`` that runs fine-tuning.
+"""The private skorch ``NeuralNet`` pieces: batches, interruption, and ``TransferNet``.
 
-The public estimators build one per ``fit`` (``_finetune.py``); skorch owns
-the training loop, history and callbacks. We only override small stages:
+skorch owns the training loop, history and callbacks; sktransfer's nets only
+override small stages. Every net that trains (``TransferNet`` here,
+``_PretrainNet`` in ``_pretrain.py``) gets its batches from a
+:class:`BatchDataset` and keeps the last completed epoch on an interruption
+(:class:`RollbackOnInterrupt`). The estimators build their net in
+``_trainer.Trainer._make_net``.
 
-* ``initialize_optimizer``: two parameter groups (new parameters at ``lr``,
-  unfrozen pretrained blocks at ``lr * backbone_lr_scale``); frozen
-  parameters are left out.
+``TransferNet`` (fine-tuning) overrides, each in its own method:
+
+* ``initialize_optimizer``: parameter groups: new parameters (the head) at
+  ``lr``; unfrozen pretrained blocks at ``lr * backbone_lr_scale``, one group
+  per block when ``layer_decay`` scales them by depth; frozen parameters are
+  left out.
+* ``on_epoch_begin``: gradual unfreezing (``unfreeze_every``) and the
+  ``trainable_from`` / ``lr`` history columns.
 * ``_set_training``: frozen blocks stay in eval mode (BatchNorm statistics do
   not move, Dropout is off) while the rest trains.
-* ``get_loss``: adds ``alpha * R(theta)`` on training batches only (its
-  gradient is added after the backward pass, ``train_step_single``).
+* ``get_loss``: the (sample-weighted) data loss, plus ``alpha * R(theta)`` on
+  training batches only (``penalty_term``; its gradient is added after the
+  backward pass, ``train_step_single``).
 """
 
 from __future__ import annotations
 
-import inspect
-import math
-import warnings
-
 import numpy as np
 import torch
 from skorch import NeuralNet
-from skorch.callbacks import Callback
 
 from ._accelerate import unwrap_module
+from ._blocks import keep_frozen_in_eval, set_trainable_from, unfreeze_depth
 from ._inputs import InputData, make_batch
 from ._penalties import add_gradient, penalty_and_gradient, penalty_value
 
-__all__ = ["TransferNet", "BatchDataset", "FiniteLossCheck", "RollbackOnInterrupt",
-           "identity_collate", "holdout_split", "fit_seeded", "finish_fit", "check_net_kwargs"]
+__all__ = ["TransferNet", "BatchDataset", "RollbackOnInterrupt", "identity_collate"]
 
 
 def identity_collate(batch):
     """``BatchDataset`` hands out whole batches: no per-sample collation."""
     return batch
-
-
-def holdout_split(n, validation_fraction, seed, stratify=None, unit="samples"):
-    """Train/validation indices for early stopping (sorted), seeded by ``seed``."""
-    from sklearn.model_selection import train_test_split
-
-    try:
-        train_idx, valid_idx = train_test_split(
-            np.arange(n), test_size=validation_fraction, random_state=seed, stratify=stratify,
-        )
-    except ValueError as exc:
-        raise ValueError(
-            f"early_stopping=True cannot hold out validation_fraction={validation_fraction} "
-            f"of {n} {unit} ({exc}). Increase validation_fraction, pass more {unit}, or set "
-            "early_stopping=False."
-        ) from exc
-    return np.sort(train_idx), np.sort(valid_idx)
-
-
-class _Augmented(torch.utils.data.Subset):
-    """Training samples whose input batches go through ``augment``."""
-
-    def __init__(self, dataset, indices, augment):
-        super().__init__(dataset, indices)
-        self.augment = augment
-
-    def __getitems__(self, indices):
-        Xb, yb = super().__getitems__(indices)
-        return self.augment(Xb), yb
-
-
-def fit_seeded(net, dataset, train_idx, seed, device, augment=None):
-    """``net.fit`` on ``dataset[train_idx]`` with torch's RNG seeded, then restored.
-
-    ``augment`` (a callable on input batches) applies to these training samples
-    only; the validation split is a separate subset.
-    """
-    dev = torch.device(device)
-    # "cuda" without an index is the current GPU (e.g. the one a worker was pinned to)
-    devices = ([torch.cuda.current_device() if dev.index is None else dev.index]
-               if dev.type == "cuda" else [])
-    train = (torch.utils.data.Subset(dataset, train_idx) if augment is None
-             else _Augmented(dataset, train_idx, augment))
-    with torch.random.fork_rng(devices=devices):
-        torch.manual_seed(seed)
-        net.fit(train, None)
-
-
-def finish_fit(net, module, start_state):
-    """After ``net.fit``: warn about an interruption, free gradients, eval mode.
-
-    Returns ``history_`` rows: one plain dict per epoch (skorch's per-batch
-    records left out, numpy floats as Python floats).
-    """
-    if net.interrupted_epoch_ is not None:
-        done = net.interrupted_epoch_ - 1
-        warnings.warn(
-            f"fit was interrupted (KeyboardInterrupt) during epoch {net.interrupted_epoch_}; "
-            "the model keeps the weights of "
-            + (f"epoch {done}, the last completed one." if done else
-               f"the start of training ({start_state}): no epoch was completed."),
-            UserWarning, stacklevel=3,
-        )
-    module.eval()
-    for p in module.parameters():
-        p.grad = None
-    return [
-        {k: (float(v) if isinstance(v, np.floating) else v)
-         for k, v in row.items() if k != "batches"}
-        for row in net.history
-    ]
 
 
 class BatchDataset(torch.utils.data.Dataset):
@@ -146,86 +80,6 @@ class BatchDataset(torch.utils.data.Dataset):
     def __getitem__(self, index):  # pragma: no cover - DataLoader uses __getitems__
         Xb, yb = self.__getitems__([index])
         return Xb[0], yb[0]
-
-
-# skorch options that an estimator parameter sets under another name
-_PARAMETER_OF = {"optimizer__lr": "lr", "optimizer__weight_decay": "weight_decay",
-                 "optimizer__momentum": "momentum", "module": "model"}
-
-
-def _accepts(cls, name):
-    try:
-        params = inspect.signature(cls).parameters
-    except (TypeError, ValueError):  # pragma: no cover - builtins without a signature
-        return True
-    return name in params or any(p.kind is p.VAR_KEYWORD for p in params.values())
-
-
-def check_net_kwargs(estimator, managed, optimizer, criterion):
-    """Refuse ``net_kwargs`` entries that would silently override a parameter or
-    sktransfer's own settings, or that no part of the net accepts (a typo).
-
-    ``managed`` is the dict of skorch arguments the estimator sets itself.
-    ``callbacks`` add to sktransfer's own; the criterion may be replaced
-    (``"criterion"``) and configured (``criterion__*``) unless ``criterion`` is
-    ``None`` (the net computes its loss itself).
-    """
-    owner = type(estimator).__name__
-    params = estimator.get_params(deep=False)
-    net_params = inspect.signature(NeuralNet.__init__).parameters
-    net_kwargs = estimator.net_kwargs or {}
-    targets = {"iterator_train": torch.utils.data.DataLoader,
-               "iterator_valid": torch.utils.data.DataLoader,
-               "optimizer": optimizer}
-    if criterion is not None:
-        targets["criterion"] = net_kwargs.get("criterion", criterion)
-    for key in net_kwargs:
-        param = key if key in params else _PARAMETER_OF.get(key)
-        if param is not None:
-            raise ValueError(
-                f"net_kwargs sets {key!r}, which {owner} controls through its parameter "
-                f"{param!r}: pass {param}=... to {owner} instead, and remove {key!r} from "
-                "net_kwargs."
-            )
-        prefix, _, name = key.partition("__")
-        if prefix == "module":
-            raise ValueError(
-                f"net_kwargs sets {key!r}: skorch would rebuild the network from its class "
-                "and drop the pretrained weights. Configure the network before passing it "
-                f"as model=, and remove {key!r} from net_kwargs."
-            )
-        free = prefix == "callbacks" or (prefix == "criterion" and criterion is not None)
-        if not free and key in managed:
-            raise ValueError(
-                f"net_kwargs sets {key!r}, which {owner} sets itself for sktransfer to "
-                "work; it cannot be changed through net_kwargs."
-            )
-        if name and prefix in targets and not _accepts(targets[prefix], name.split("__")[0]):
-            raise ValueError(
-                f"net_kwargs has {key!r}, but {getattr(targets[prefix], '__name__', prefix)} "
-                f"takes no argument {name!r}: check the spelling."
-            )
-        if not name and key not in net_params:
-            raise ValueError(
-                f"net_kwargs has {key!r}, which is not an argument of skorch's NeuralNet: "
-                "check the spelling. Nested options take a prefix, e.g. "
-                "'iterator_train__num_workers', 'optimizer__betas', "
-                "'criterion__label_smoothing'."
-            )
-
-
-class FiniteLossCheck(Callback):
-    """Stop with a clear error when the training loss becomes NaN or infinite."""
-
-    def on_epoch_end(self, net, **kwargs):
-        loss = net.history[-1].get("train_loss")
-        if loss is not None and not math.isfinite(loss):
-            epoch = net.history[-1, "epoch"]
-            raise FloatingPointError(
-                f"The training loss became {loss} at epoch {epoch}: the fit diverged. "
-                f"Use a smaller lr (now {net.lr:g}) or a smaller alpha, or scale X "
-                "(e.g. StandardScaler) and, for regression, y."
-            )
 
 
 class RollbackOnInterrupt:
@@ -276,17 +130,30 @@ class RollbackOnInterrupt:
 
 
 class TransferNet(RollbackOnInterrupt, NeuralNet):
-    """skorch ``NeuralNet`` with freezing, two learning rates and a penalty.
+    """skorch ``NeuralNet`` with frozen blocks, per-block learning rates and a penalty.
 
     Parameters (beyond skorch's)
     ----------------------------
     freeze_depth : int
         Blocks ``0..freeze_depth-1`` are frozen (already ``requires_grad=False``).
     penalty : {None, "l2", "l1", "l2_sp"}
+        The regulariser ``R`` (``_penalties.py``).
     alpha : float
+        Its strength: the training loss is ``mean loss + alpha * R(theta)``.
     backbone_lr_scale : float
+        Unfrozen pretrained blocks train at ``lr * backbone_lr_scale``.
+    layer_decay : float or None
+        Block ``i`` places below the top block trains at
+        ``lr * backbone_lr_scale * layer_decay ** i``.
     new_prefixes : tuple of str
         Parameter-name prefixes of parameters created for the target task.
+    weighted : bool
+        Whether ``y`` batches are ``(y, sample_weight)`` (the criterion then has
+        ``reduction="none"``).
+    unfreeze_every : int or None
+        Gradual unfreezing: the head trains alone for ``unfreeze_every`` epochs,
+        then one more block from the top every ``unfreeze_every`` epochs, down
+        to ``freeze_depth``.
     """
 
     def __init__(self, module, *args, freeze_depth=0, penalty=None, alpha=0.0,
@@ -327,11 +194,21 @@ class TransferNet(RollbackOnInterrupt, NeuralNet):
             self._anchor_state = (pretrained, anchors, new)
         return self._anchor_state
 
-    def initialize_optimizer(self, triggered_directly=None):
-        """Parameter groups: new parameters at ``lr``; pretrained ones at
-        ``lr * backbone_lr_scale``, times ``layer_decay ** i`` for the block ``i``
-        places below the top block when ``layer_decay`` is set. Frozen
-        parameters are left out."""
+    def param_groups(self):
+        """``[{"params": [...], "lr": ...}, ...]``: the optimizer's parameter groups.
+
+        New parameters at ``lr``; pretrained ones at ``lr * backbone_lr_scale``,
+        times ``layer_decay ** i`` for the block ``i`` places below the top
+        block when ``layer_decay`` is set. Frozen parameters are left out.
+
+        skorch's ``optimizer__param_groups`` would do this with glob patterns
+        over the parameter names of ``net.module_``; here the groups follow the
+        ``BlockNet``'s own structure instead, because those names change with
+        wrappers (``torch.compile`` through ``net_kwargs={"compile": True}``
+        prefixes ``_orig_mod.``; a parameter missed by every pattern would
+        silently train at the head's rate), and pretrained models have
+        submodules named like ours (timm's ``blocks``, ``head``).
+        """
         module = unwrap_module(self.module_)
         n_blocks = len(module.blocks)
         base = self.lr * self.backbone_lr_scale
@@ -347,9 +224,12 @@ class TransferNet(RollbackOnInterrupt, NeuralNet):
             else:
                 key, lr = "pretrained", base
             groups.setdefault(key, {"params": [], "lr": lr})["params"].append(p)
+        return list(groups.values())
+
+    def initialize_optimizer(self, triggered_directly=None):
         kwargs = self.get_params_for("optimizer")
         kwargs.setdefault("lr", self.lr)
-        self.optimizer_ = self.optimizer(list(groups.values()), **kwargs)
+        self.optimizer_ = self.optimizer(self.param_groups(), **kwargs)
         # anchors must be the pretrained values *before* any step
         # (with gradual unfreezing, every block that will train is still trainable here)
         self._anchor_state = None
@@ -358,6 +238,13 @@ class TransferNet(RollbackOnInterrupt, NeuralNet):
         return self
 
     # -- gradual unfreezing -------------------------------------------------------
+    # skorch's Freezer/Unfreezer (ParamMapper) flip ``requires_grad`` of parameters
+    # whose names match glob patterns at a given epoch. Gradual unfreezing needs
+    # more than the flip: one boundary that moves block by block, frozen blocks
+    # kept in eval mode on either side of it (``_set_training`` reads it), and the
+    # boundary in the history; and the names have the wrappers' prefixes (see
+    # ``param_groups``). So the net moves the boundary itself, with the freezing
+    # helpers of ``_blocks.py``.
     def on_train_begin(self, net, X=None, y=None, **kwargs):
         self._training_mode = None  # the module's mode is unknown until set
         self._depth = self.freeze_depth
@@ -366,15 +253,11 @@ class TransferNet(RollbackOnInterrupt, NeuralNet):
     def on_epoch_begin(self, net, dataset_train=None, dataset_valid=None, **kwargs):
         super().on_epoch_begin(net, dataset_train, dataset_valid, **kwargs)
         if self.unfreeze_every:
-            # head alone for unfreeze_every epochs, then one more block from the top
-            # every unfreeze_every epochs, down to freeze_depth
-            epoch = len(self.history)
-            blocks = unwrap_module(self.module_).blocks
-            depth = max(self.freeze_depth, len(blocks) - (epoch - 1) // self.unfreeze_every)
+            module = unwrap_module(self.module_)
+            depth = unfreeze_depth(len(self.history), len(module.blocks), self.freeze_depth,
+                                   self.unfreeze_every)
             if depth != self._depth:
-                for i, block in enumerate(blocks):
-                    if i >= self.freeze_depth:
-                        block.requires_grad_(i >= depth)
+                set_trainable_from(module, self.freeze_depth, depth)
                 self._depth = depth
                 self._training_mode = None  # newly (un)frozen blocks change mode
         self.history.record("trainable_from", self._depth)
@@ -388,31 +271,41 @@ class TransferNet(RollbackOnInterrupt, NeuralNet):
             return
         super()._set_training(training)
         if training:
-            for block in unwrap_module(self.module_).blocks[: self._depth]:
-                block.eval()
+            keep_frozen_in_eval(unwrap_module(self.module_), self._depth)
         self._training_mode = training
 
-    def get_loss(self, y_pred, y_true, X=None, training=False):
-        if self.weighted:  # y_true = (y, sample weights); the criterion has reduction="none"
-            y, w = y_true
-            per_sample = super().get_loss(y_pred, y, X=X, training=training)
-            per_sample = per_sample.reshape(len(per_sample), -1).mean(dim=1)
-            w = w.to(per_sample.device)
-            loss = (per_sample * w).sum() / w.sum().clamp_min(1e-12)
+    # -- the objective ------------------------------------------------------------
+    def data_loss(self, y_pred, y_true, X=None, training=False):
+        """The criterion's mean over the batch, weighted by the sample weights if any."""
+        if not self.weighted:
+            return super().get_loss(y_pred, y_true, X=X, training=training)
+        # y_true = (y, sample weights); the criterion has reduction="none"
+        y, w = y_true
+        per_sample = super().get_loss(y_pred, y, X=X, training=training)
+        per_sample = per_sample.reshape(len(per_sample), -1).mean(dim=1)
+        w = w.to(per_sample.device)
+        return (per_sample * w).sum() / w.sum().clamp_min(1e-12)
+
+    def penalty_term(self):
+        """``alpha * R(theta)`` for a training batch, or ``None`` when there is none."""
+        if self.penalty is None or self.alpha <= 0:
+            return None
+        if self._penalty_by_autograd:
+            reg = penalty_value(self.penalty, *self._penalty_params())
         else:
-            loss = super().get_loss(y_pred, y_true, X=X, training=training)
+            # R's gradient is added after the backward pass (train_step_single);
+            # R itself, without a graph, only joins the reported objective
+            reg, *self._penalty_grad = penalty_and_gradient(
+                self.penalty, *self._penalty_params())
+        return None if reg is None else self.alpha * reg
+
+    def get_loss(self, y_pred, y_true, X=None, training=False):
+        loss = self.data_loss(y_pred, y_true, X=X, training=training)
         if training:
             self.history.record_batch("train_data_loss", loss.item())
-        if training and self.penalty is not None and self.alpha > 0:
-            if self._penalty_by_autograd:
-                reg = penalty_value(self.penalty, *self._penalty_params())
-            else:
-                # R's gradient is added after the backward pass (train_step_single);
-                # R itself, without a graph, only joins the reported objective
-                reg, *self._penalty_grad = penalty_and_gradient(
-                    self.penalty, *self._penalty_params())
-            if reg is not None:
-                loss = loss + self.alpha * reg
+            term = self.penalty_term()
+            if term is not None:
+                loss = loss + term
         return loss
 
     #: Under accelerate the penalty goes through autograd: its backward rescales

@@ -24,9 +24,6 @@ from __future__ import annotations
 
 import torch
 
-PENALTIES = (None, "l2", "l1", "l2_sp")
-
-
 def _sq(params):
     return torch.stack([p.pow(2).sum() for p in params]).sum() if params else None
 

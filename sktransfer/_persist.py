@@ -15,10 +15,13 @@ import os
 from pathlib import Path
 
 import numpy as np
+from sklearn.utils.validation import check_is_fitted
 
+from ._base import resolve_device, seed_from_random_state
 from ._inputs import InputData
+from ._version import __version__
 
-__all__ = ["save_weights", "load_weights"]
+__all__ = ["WeightsFileMixin", "save_weights", "load_weights"]
 
 _FORMAT = "sktransfer.finetuned/1"
 
@@ -30,7 +33,6 @@ def _json_list(values):
 def save_weights(est, path):
     from safetensors.torch import save_file
 
-    from . import __version__
 
     path = Path(os.fspath(path))
     if path.suffix != ".safetensors":
@@ -91,8 +93,7 @@ def _read(path):
 
 
 def load_weights(est, path):
-    from ._base import resolve_device, seed_from_random_state
-
+    est._validate_params()  # as fit does: the network is rebuilt from the parameters
     meta, tensors = _read(path)
     if meta["estimator"] != type(est).__name__:
         raise ValueError(
@@ -150,3 +151,68 @@ def load_weights(est, path):
     if meta["feature_names_in"] is not None:
         est.feature_names_in_ = np.asarray(meta["feature_names_in"], dtype=object)
     return est
+
+
+class WeightsFileMixin:
+    """``save_weights`` / ``load_weights`` methods of the fine-tuning estimators."""
+
+    def save_weights(self, path):
+        """Save the fine-tuned network to a ``.safetensors`` file, without pickle.
+
+        The file holds the network's tensors and, as metadata, what
+        :meth:`load_weights` needs to rebuild it around the same pretrained
+        model (head configuration, labels or outputs, input layout, history).
+        Share it with the pretrained model's code instead of a pickle, which
+        can run code when loaded.
+
+        Parameters
+        ----------
+        path : str or path-like
+            Where to write; must end in ``.safetensors``.
+
+        Returns
+        -------
+        path : pathlib.Path
+
+        Examples
+        --------
+        >>> import numpy as np, tempfile, os
+        >>> from torch import nn
+        >>> from sktransfer import FineTunedClassifier
+        >>> net = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3))
+        >>> X = np.random.RandomState(0).normal(size=(30, 4)).astype(np.float32)
+        >>> y = (X[:, 0] > 0).astype(int)
+        >>> clf = FineTunedClassifier(model=net, max_epochs=2, random_state=0,
+        ...                           device="cpu").fit(X, y)
+        >>> path = os.path.join(tempfile.mkdtemp(), "clf.safetensors")
+        >>> _ = clf.save_weights(path)
+        >>> again = FineTunedClassifier(model=net, device="cpu").load_weights(path)
+        >>> bool((again.predict_proba(X) == clf.predict_proba(X)).all())
+        True
+        """
+        check_is_fitted(self, "module_")
+        return save_weights(self, path)
+
+    def load_weights(self, path):
+        """Load a network written by :meth:`save_weights`; the estimator becomes fitted.
+
+        ``model`` (and ``weights``) must name the same pretrained architecture
+        that was fine-tuned: the network is rebuilt around it, then every tensor
+        is replaced by the file's. ``head_hidden_sizes``, ``dropout``,
+        ``reuse_head`` and ``freeze_depth`` are set from the file.
+
+        Parameters
+        ----------
+        path : str or path-like
+            A ``.safetensors`` file written by :meth:`save_weights`.
+
+        Returns
+        -------
+        self
+            The estimator, fitted, predicting exactly as the saved one did.
+
+        Examples
+        --------
+        See :meth:`save_weights`.
+        """
+        return load_weights(self, path)

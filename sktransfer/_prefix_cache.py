@@ -11,10 +11,17 @@ per joblib task) hit too, and a source network changed in place misses.
 Entries are kept in a least-recently-used store of at most ``cache_size`` MB
 (the budget of the fit that adds an entry) per process; :func:`clear_cache`
 frees them.
+
+This module holds all of the frozen-prefix logic: :func:`training_inputs`
+decides, for one fit, whether the frozen blocks' outputs are computed once (or
+found in the store) and what the trained part of the network sees;
+:func:`starting_at` runs the network from the first trained block while it
+trains on them.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import threading
 from collections import OrderedDict
@@ -22,7 +29,9 @@ from collections import OrderedDict
 import numpy as np
 import torch
 
-__all__ = ["prefix_key", "lookup", "store", "clear_cache"]
+from ._inputs import in_memory, iter_batches, make_batch, padded_to_longest
+
+__all__ = ["prefix_key", "lookup", "store", "clear_cache", "training_inputs", "starting_at"]
 
 _STORE: OrderedDict = OrderedDict()
 _LOCK = threading.Lock()
@@ -117,3 +126,76 @@ def clear_cache():
         n = len(_STORE)
         _STORE.clear()
     return n
+
+
+def training_inputs(module, data, depth, preprocess, device, *, batch_size, cache_size,
+                    augment=None, verbose=0):
+    """What the trained part of the network sees: ``(X, first trained block)``.
+
+    With frozen blocks (``depth > 0``) and room in ``cache_size`` MB, their
+    outputs are computed once (eval mode, batch by batch), or found in the
+    store from an earlier fit, and training starts at block ``depth``;
+    otherwise the raw input (:func:`~sktransfer._inputs.in_memory`), run
+    through the frozen blocks on every batch. ``augment`` turns the cache off
+    (the frozen blocks must see the augmented inputs).
+    """
+    raw = in_memory(data)
+    if depth == 0 or cache_size == 0:
+        return raw, 0
+    if augment is not None:
+        if verbose:
+            print(
+                "Frozen-prefix cache off: augment changes the inputs of every batch, "
+                "so the frozen blocks run on every batch."
+            )
+        return raw, 0
+    module.eval()
+    data = padded_to_longest(data, preprocess)  # texts: one length for every output
+    with torch.no_grad():
+        sample = make_batch(data, 0, 1, preprocess).to(device)
+        shape = tuple(module.forward_features(sample, stop=depth).shape[1:])
+        n_bytes = 4 * len(data) * int(np.prod(shape))
+        if n_bytes > cache_size * 2**20:
+            if verbose:
+                print(
+                    f"Frozen-prefix cache off: the outputs of the {depth} frozen blocks "
+                    f"need {n_bytes / 2**20:.0f} MB > cache_size={cache_size} MB; "
+                    "the frozen blocks run on every batch instead."
+                )
+            return raw, 0
+        # an earlier fit with the same frozen blocks on the same data (a grid
+        # search over alpha, lr, ...) already computed them
+        key = prefix_key(module.blocks[:depth], data, preprocess, batch_size, device)
+        cached = lookup(key)
+        if cached is not None and tuple(cached.shape) == (len(data), *shape):
+            if verbose:
+                print(
+                    f"Frozen-prefix cache on: outputs of the {depth} frozen blocks "
+                    f"reused from an earlier fit on the same data ({n_bytes / 2**20:.1f}"
+                    f" MB); training starts at block {depth}."
+                )
+            return cached, depth
+        cached = torch.empty((len(data), *shape), dtype=torch.float32, device=device)
+        start = 0
+        for batch in iter_batches(data, batch_size, preprocess, device):
+            out = module.forward_features(batch, stop=depth)
+            cached[start:start + len(out)] = out
+            start += len(out)
+        store(key, cached, cache_size * 2**20)
+    if verbose:
+        print(
+            f"Frozen-prefix cache on: outputs of the {depth} frozen blocks computed once "
+            f"({n_bytes / 2**20:.1f} MB); training starts at block {depth}."
+        )
+    return cached, depth
+
+
+@contextlib.contextmanager
+def starting_at(module, start):
+    """Inside the block, ``module`` (a ``BlockNet``) runs from block ``start``: its
+    input is the cached output of the frozen blocks before it."""
+    module.start_block = start
+    try:
+        yield module
+    finally:
+        module.start_block = 0

@@ -16,7 +16,7 @@ its column.
   (NT-Xent) pulls the two views of a row together and pushes the other rows of
   the batch away.
 
-Training runs in a private skorch ``NeuralNet`` (``_PretrainNet``) that only
+Training runs in a private skorch ``NeuralNet`` (``_pretext.PretrainNet``) that only
 overrides ``infer`` (corrupt, then run the encoder and the pretext heads) and
 ``get_loss`` (the pretext loss, its parts recorded in the history); skorch owns
 the loop, callbacks, early stopping and the epoch table. Only the encoder is
@@ -26,46 +26,35 @@ so a fitted pretrainer is a valid ``model=`` for the other estimators.
 
 from __future__ import annotations
 
-import copy
-import math
 import numbers
 import warnings
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from sklearn.base import BaseEstimator, TransformerMixin, _fit_context
 from sklearn.preprocessing import StandardScaler
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import _check_feature_names_in, check_is_fitted, validate_data
-from skorch import NeuralNet
-from skorch.callbacks import Callback, EarlyStopping, PassthroughScoring, ProgressBar
-from skorch.utils import to_tensor
+from skorch.callbacks import PassthroughScoring
 from torch import nn
 
-from ._accelerate import (
-    SyncEpochLosses,
-    compute_device,
-    net_class,
-    resolve_accelerator,
-    unwrap_module,
-)
+from ._accelerate import resolve_accelerator
 from ._base import (
     one_fit_at_a_time,
     seed_from_random_state,
     unchanged_on_error,
 )
-from ._blocks import BlockNet
-from ._inputs import check_missing, check_real, clearer_errors, source_nan_columns
-from ._net import (
-    BatchDataset,
-    RollbackOnInterrupt,
-    check_net_kwargs,
-    finish_fit,
-    fit_seeded,
-    holdout_split,
-    identity_collate,
+from ._blocknet import BlockNet
+from ._inputs import (
+    InputData,
+    check_missing,
+    check_real,
+    clearer_errors,
+    source_nan_columns,
 )
+from ._net import BatchDataset
+from ._pretext import PretrainModule, PretrainNet, ReplacementPool
+from ._trainer import Trainer
 from ._weights import ResolvedModel
 
 __all__ = ["TabularPretrainer"]
@@ -119,194 +108,46 @@ def _build_encoder(mean, scale, hidden_layer_sizes, dropout=0.0, nan_columns=Non
     return BlockNet(blocks, head=None, split_kind="family:tabular_pretrainer")
 
 
-class _PretrainModule(nn.Module):
-    """Encoder plus the pretext heads (discarded after ``fit``)."""
-
-    def __init__(self, encoder, n_features, width, method):
-        super().__init__()
-        self.encoder = encoder
-        if method == "masked":
-            self.mask_decoder = nn.Linear(width, n_features)
-            self.value_decoder = nn.Linear(width, n_features)
-        else:  # SCARF's projection head: a 2-layer MLP
-            self.projector = nn.Sequential(
-                nn.Linear(width, width), nn.ReLU(), nn.Linear(width, width)
-            )
-
-    def forward(self, x, original=None):
-        """The pretext outputs, in one forward (so distributed data parallel, which
-        synchronises gradients through ``forward``, sees the whole step).
-
-        ``method="masked"``: ``x`` is the corrupted batch, ``original`` the clean
-        one; returns the mask logits, the reconstructed values and their target
-        (the standardised original). ``"contrastive"``: ``x`` holds both views;
-        returns their projections.
-        """
-        h = self.encoder(x)
-        if original is None:
-            return self.projector(h)
-        return {"mask_logits": self.mask_decoder(h), "values": self.value_decoder(h),
-                "target": self.encoder.blocks[0][0](original)}
+def _check_hidden(hidden_layer_sizes):
+    """``hidden_layer_sizes`` as a tuple of ints (element-wise: the constraints only
+    say "array-like or a positive int")."""
+    hidden = tuple(np.atleast_1d(np.asarray(hidden_layer_sizes, dtype=object)))
+    if not hidden or any(
+        isinstance(h, (bool, np.bool_)) or not isinstance(h, numbers.Integral) or h < 1
+        for h in hidden
+    ):
+        raise ValueError(
+            "hidden_layer_sizes must be a non-empty tuple of positive ints, e.g. "
+            f"(256, 256); got {hidden_layer_sizes!r}."
+        )
+    return tuple(int(h) for h in hidden)
 
 
-class _ReplacementPool:
-    """The training rows that corruption draws replacement values from.
-
-    ``values`` is ``(n, d)``. Without missing cells every row is a candidate
-    (``n_observed`` is ``None``); with them, each column's observed values come
-    first, in row order, and ``n_observed[j]`` counts them, so that a draw is
-    uniform over the observed values of the column (its empirical marginal).
-    ``learnable[j]``: the column has at least two distinct observed values, so
-    the masked task has something to predict in it (a replaced cell of a
-    constant column is equal to the original, and its value is known).
+def _column_statistics(X, names=None):
+    """Column means and scales of the ``fit`` rows, as ``StandardScaler`` computes
+    them: missing cells ignored, scale 1 for a constant column (so that a column
+    constant in one fold of a search, or in the whole table, is no error). A
+    column without any observed value gets mean 0 and scale 1, with a warning.
     """
-
-    def __init__(self, values, n_observed=None, learnable=None):
-        self.values, self.n_observed, self.learnable = values, n_observed, learnable
-
-    @classmethod
-    def from_rows(cls, X):
-        """From the training rows ``X`` (a float tensor, NaN for missing cells)."""
-        missing = torch.isnan(X)
-        low = torch.where(missing, torch.inf, X).amin(dim=0)
-        high = torch.where(missing, -torch.inf, X).amax(dim=0)
-        learnable = high > low  # False for constant and entirely missing columns
-        if not missing.any():
-            return cls(X, None, learnable)
-        # a stable sort of "is missing" puts each column's observed values first
-        order = torch.argsort(missing.to(torch.int8), dim=0, stable=True)
-        return cls(torch.gather(X, 0, order), (~missing).sum(dim=0), learnable)
-
-    def loss_weight(self, x):
-        """1 for the cells of ``x`` the masked task learns from (observed, in a
-        learnable column), else 0."""
-        return ((~torch.isnan(x)) & self.learnable).to(x.dtype)
-
-    def to(self, device):
-        move = lambda t: None if t is None else t.to(device)  # noqa: E731
-        return _ReplacementPool(move(self.values), move(self.n_observed), move(self.learnable))
-
-
-def _corrupt(x, pool, mask_rate, generator):
-    """Replace each cell with probability ``mask_rate``, and every missing cell, by
-    the same column of a random row of ``pool`` (a :class:`_ReplacementPool`:
-    observed values only); return ``(x_corrupted, mask)``.
-
-    The random draws come from ``generator`` (on the CPU, so results do not
-    depend on the device). A column with no observed value stays missing (the
-    encoder's standardisation fills it with the mean).
-    """
-    n, d = x.shape
-    mask = torch.rand((n, d), generator=generator) < mask_rate
-    if pool.n_observed is None:
-        rows = torch.randint(len(pool.values), (n, d), generator=generator)
-    else:
-        # uniform over each column's observed values, which come first in the pool
-        counts = pool.n_observed.cpu()
-        rows = (torch.rand((n, d), generator=generator) * counts).long()
-        rows = torch.minimum(rows, (counts - 1).clamp(min=0))
-    mask, rows = mask.to(x.device), rows.to(x.device)
-    mask = mask | torch.isnan(x)  # a missing cell is always replaced
-    replacement = torch.gather(pool.values, 0, rows)  # [i, j] = pool[rows[i, j], j]
-    return torch.where(mask, replacement, x), mask.to(x.dtype)
-
-
-def _masked_loss(y_pred):
-    """VIME's two losses, averaged over the cells they can learn from.
-
-    A cell counts when its original value is observed (a missing cell has no
-    value to reconstruct, and it is replaced in every corruption, so its mask
-    is known) and its column is not constant on the training rows (nothing to
-    reconstruct or to detect there). With every cell counting, these are the
-    plain means.
-    """
-    weight = y_pred["weight"]
-    total = weight.sum().clamp(min=1.0)
-    mse = (weight * (y_pred["values"] - y_pred["target"]) ** 2).sum() / total
-    bce = F.binary_cross_entropy_with_logits(y_pred["mask_logits"], y_pred["mask"],
-                                             reduction="none")
-    return mse, (weight * bce).sum() / total
-
-
-def _nt_xent(z1, z2, temperature):
-    """InfoNCE / NT-Xent over ``2n`` views: view ``i``'s positive is its twin."""
-    n = len(z1)
-    z = F.normalize(torch.cat([z1, z2]), dim=1)
-    sim = (z @ z.T) / temperature
-    self_pairs = torch.eye(2 * n, dtype=torch.bool, device=z.device)
-    sim = sim.masked_fill(self_pairs, float("-inf"))
-    twin = torch.cat([torch.arange(n, 2 * n), torch.arange(0, n)]).to(z.device)
-    return F.cross_entropy(sim, twin)
-
-
-class _PretrainNet(RollbackOnInterrupt, NeuralNet):
-    """skorch ``NeuralNet`` whose batches are corrupted inside the step.
-
-    ``infer`` corrupts the batch (from a seeded generator: one for training that
-    runs on across epochs, one for validation that restarts every epoch, so that
-    the validation loss of all epochs is measured on the same corruptions) and
-    runs the encoder and the pretext heads; ``get_loss`` computes the pretext
-    loss and records its parts in the history.
-    """
-
-    def __init__(self, module, *args, method="masked", mask_rate=0.3, temperature=1.0,
-                 pool=None, corruption_seed=0, **kwargs):
-        super().__init__(module, *args, **kwargs)
-        self.method = method
-        self.mask_rate = mask_rate
-        self.temperature = temperature
-        self.corruption_seed = corruption_seed
-        self.pool_ = pool  # _ReplacementPool: the training rows (CPU)
-
-    def on_train_begin(self, net, X=None, y=None, **kwargs):
-        # here rather than in ``initialize``, which AccelerateMixin replaces
-        super().on_train_begin(net, X=X, y=y, **kwargs)
-        self.pool_ = self.pool_.to(compute_device(self))
-        self.train_rng_ = torch.Generator().manual_seed(self.corruption_seed)
-        self.valid_rng_ = torch.Generator()
-
-    def run_single_epoch(self, iterator, training, prefix, step_fn, **fit_params):
-        if not training:
-            self.valid_rng_.manual_seed(self.corruption_seed + 1)
-        return super().run_single_epoch(iterator, training, prefix, step_fn, **fit_params)
-
-    def infer(self, x, **fit_params):
-        x = to_tensor(x, device=self.device)
-        module = self.module_
-        rng = self.train_rng_ if module.training else self.valid_rng_
-        if self.method == "masked":
-            x_tilde, mask = _corrupt(x, self.pool_, self.mask_rate, rng)
-            return {**module(x_tilde, x), "mask": mask, "weight": self.pool_.loss_weight(x)}
-        view1, _ = _corrupt(x, self.pool_, self.mask_rate, rng)
-        view2, _ = _corrupt(x, self.pool_, self.mask_rate, rng)
-        both = module(torch.cat([view1, view2]))
-        return {"z1": both[: len(x)], "z2": both[len(x):]}
-
-    def get_loss(self, y_pred, y_true, X=None, training=False):
-        if self.method == "masked":
-            mse, bce = _masked_loss(y_pred)
-            prefix = "train" if training else "valid"
-            self.history.record_batch(f"{prefix}_value_mse", mse.item())
-            self.history.record_batch(f"{prefix}_mask_bce", bce.item())
-            return mse + bce
-        return _nt_xent(y_pred["z1"], y_pred["z2"], self.temperature)
-
-
-class _FiniteLoss(Callback):
-    """Stop with a clear error when the pretraining loss becomes NaN or infinite."""
-
-    def on_epoch_end(self, net, **kwargs):
-        loss = net.history[-1].get("train_loss")
-        if loss is not None and not math.isfinite(loss):
-            raise FloatingPointError(
-                f"The pretraining loss became {loss} at epoch {net.history[-1, 'epoch']}: "
-                f"the fit diverged. Use a smaller lr (now {net.lr:g})"
-                + (" or a larger temperature." if net.method == "contrastive" else ".")
-            )
+    missing = np.isnan(X)
+    empty = missing.all(axis=0)
+    if empty.any():
+        which = np.flatnonzero(empty)
+        what = ([str(names[i]) for i in which[:10]] if names is not None
+                else which[:10].tolist())
+        warnings.warn(
+            f"X has {which.size} column(s) with no observed value (all NaN): {what}"
+            f"{' ...' if which.size > 10 else ''}. The encoder sees them as missing "
+            "everywhere (their mean, 0 after standardisation); they carry no "
+            "information. Drop them from every X if they stay empty.",
+            UserWarning, stacklevel=4,
+        )
+    scaler = StandardScaler().fit(np.where(empty, 0.0, X))
+    return scaler.mean_, scaler.scale_, missing.any(axis=0)
 
 
 # -- the estimator ----------------------------------------------------------------
-class TabularPretrainer(TransformerMixin, BaseEstimator):
+class TabularPretrainer(TransformerMixin, Trainer, BaseEstimator):
     """Self-supervised pretraining of an MLP encoder on unlabeled table rows.
 
     ``fit(X)`` learns an encoder from rows without labels; ``transform(X)``
@@ -412,18 +253,14 @@ class TabularPretrainer(TransformerMixin, BaseEstimator):
     device : str, default="auto"
         ``"cpu"``, ``"cuda"``, ``"cuda:<i>"`` or ``"auto"`` (CUDA when available).
     accelerator : accelerate.Accelerator, dict or None, default=None
-        Pretrain through Hugging Face ``accelerate``: several GPUs for one fit
-        under ``accelerate launch`` / ``torchrun`` (``batch_size`` per process;
-        contrastive negatives come from each process's own batch), mixed
-        precision. An ``Accelerator`` or a dict of its keyword arguments; leave
-        ``device="auto"``. As in :class:`FineTunedClassifier`.
+        As in :class:`FineTunedClassifier` (Hugging Face ``accelerate``: several
+        GPUs for one fit, mixed precision). ``batch_size`` is per process, and
+        contrastive negatives come from each process's own batch.
     verbose : int, default=0
         0 silent; 1 skorch's table of losses per epoch; 2 also a progress bar.
     net_kwargs : dict or None, default=None
-        Extra keyword arguments for the internal ``skorch.NeuralNet``;
-        ``{"callbacks": [...]}`` adds skorch callbacks to sktransfer's own. Keys
-        that a parameter controls or that sktransfer sets itself, and misspelt
-        keys, raise a ``ValueError`` (as in :class:`FineTunedClassifier`).
+        Extra keyword arguments for the internal ``skorch.NeuralNet``, checked as
+        in :class:`FineTunedClassifier`; ``{"callbacks": [...]}`` adds callbacks.
 
     Attributes
     ----------
@@ -503,6 +340,8 @@ class TabularPretrainer(TransformerMixin, BaseEstimator):
     """
 
     _parameter_constraints = {
+        **Trainer._parameter_constraints,
+        # every size a positive int: checked in _check_hidden
         "hidden_layer_sizes": [
             "array-like", Interval(numbers.Integral, 1, None, closed="left"),
         ],
@@ -510,20 +349,10 @@ class TabularPretrainer(TransformerMixin, BaseEstimator):
         "mask_rate": [Interval(numbers.Real, 0, 1, closed="neither")],
         "temperature": [Interval(numbers.Real, 0, None, closed="neither")],
         "dropout": [Interval(numbers.Real, 0, 1, closed="left")],
-        "lr": [Interval(numbers.Real, 0, None, closed="neither")],
-        "weight_decay": [Interval(numbers.Real, 0, None, closed="left")],
-        "max_epochs": [Interval(numbers.Integral, 1, None, closed="left")],
-        "batch_size": [Interval(numbers.Integral, 1, None, closed="left")],
-        "early_stopping": ["boolean"],
-        "validation_fraction": [Interval(numbers.Real, 0, 1, closed="neither")],
-        "n_iter_no_change": [Interval(numbers.Integral, 1, None, closed="left")],
-        "tol": [Interval(numbers.Real, 0, None, closed="left")],
-        "random_state": ["random_state"],
-        "device": "no_validation",  # checked in fit (resolve_accelerator)
-        "accelerator": "no_validation",  # checked in fit (accelerate is optional)
-        "verbose": ["verbose"],
-        "net_kwargs": [dict, None],
     }
+    _net_class = PretrainNet
+    _fitted_modules = ("encoder_",)
+    _loss_name = "pretraining loss"
 
     def __init__(self, hidden_layer_sizes=(256, 256), method="masked", mask_rate=0.3, *,
                  temperature=1.0, dropout=0.0, lr=1e-3, weight_decay=0.0, max_epochs=100,
@@ -550,106 +379,15 @@ class TabularPretrainer(TransformerMixin, BaseEstimator):
         self.net_kwargs = net_kwargs
 
     # -- fit ---------------------------------------------------------------------
-    def _check_hidden(self):
-        hidden = tuple(np.atleast_1d(np.asarray(self.hidden_layer_sizes, dtype=object)))
-        if not hidden or any(
-            isinstance(h, (bool, np.bool_)) or not isinstance(h, numbers.Integral) or h < 1
-            for h in hidden
-        ):
-            raise ValueError(
-                "hidden_layer_sizes must be a non-empty tuple of positive ints, e.g. "
-                f"(256, 256); got {self.hidden_layer_sizes!r}."
-            )
-        return tuple(int(h) for h in hidden)
+    # -- training stages (see _trainer.Trainer) --------------------------------------
+    def _scoring_callbacks(self):  # the two parts of the masked loss
+        names = [f"{p}_{part}" for p in ("train", "valid") for part in ("value_mse", "mask_bce")]
+        return [(name, PassthroughScoring(name, lower_is_better=None,
+                                          on_train=name.startswith("train")))
+                for name in (names if self.method == "masked" else [])]
 
-    def _statistics(self, X):
-        """Column means and scales of the ``fit`` rows, as ``StandardScaler`` computes
-        them: missing cells ignored, scale 1 for a constant column (so that a column
-        constant in one fold of a search, or in the whole table, is no error). A
-        column without any observed value gets mean 0 and scale 1, with a warning.
-        """
-        missing = np.isnan(X)
-        empty = missing.all(axis=0)
-        if empty.any():
-            names = getattr(self, "feature_names_in_", None)
-            which = np.flatnonzero(empty)
-            what = ([str(names[i]) for i in which[:10]] if names is not None
-                    else which[:10].tolist())
-            warnings.warn(
-                f"X has {which.size} column(s) with no observed value (all NaN): {what}"
-                f"{' ...' if which.size > 10 else ''}. The encoder sees them as missing "
-                "everywhere (their mean, 0 after standardisation); they carry no "
-                "information. Drop them from every X if they stay empty.",
-                UserWarning, stacklevel=3,
-            )
-        scaler = StandardScaler().fit(np.where(empty, 0.0, X))
-        return scaler.mean_, scaler.scale_, missing.any(axis=0)
-
-    def _validation_split(self, n, seed):
-        if not self.early_stopping:
-            return np.arange(n), None
-        return holdout_split(n, self.validation_fraction, seed, unit="rows")
-
-    def _callbacks(self):
-        callbacks = []
-        if self.method == "masked":
-            for prefix in ("train", "valid"):
-                for part in ("value_mse", "mask_bce"):
-                    callbacks.append((f"{prefix}_{part}", PassthroughScoring(
-                        f"{prefix}_{part}", lower_is_better=None, on_train=prefix == "train",
-                    )))
-        # several processes (accelerate): every process sees the mean losses before
-        # the finite-loss check and early stopping decide
-        callbacks.append(("sync_losses", SyncEpochLosses(
-            ("train_loss", "valid_loss", "train_value_mse", "train_mask_bce",
-             "valid_value_mse", "valid_mask_bce"))))
-        callbacks.append(("finite_loss", _FiniteLoss()))
-        if self.early_stopping:
-            callbacks.append(("early_stopping", EarlyStopping(
-                monitor="valid_loss", patience=self.n_iter_no_change, threshold=self.tol,
-                threshold_mode="rel", load_best=True, sink=print,  # print only if verbose
-            )))
-        if self.verbose >= 2:
-            callbacks.append(("progress_bar", ProgressBar()))
-        return callbacks
-
-    def _make_net(self, module, dataset, train_idx, valid_idx, seed, device, accelerator=None):
-        train_split = None
-        if valid_idx is not None:
-            from skorch.helper import predefined_split
-
-            train_split = predefined_split(torch.utils.data.Subset(dataset, valid_idx))
-        kwargs = {
-            "criterion": nn.Identity,  # unused: get_loss computes the pretext loss
-            "optimizer": torch.optim.AdamW,
-            "optimizer__weight_decay": self.weight_decay,
-            "lr": self.lr,
-            "max_epochs": self.max_epochs,
-            "batch_size": self.batch_size,
-            "train_split": train_split,
-            "iterator_train__shuffle": True,
-            # a batch of one row has no negatives for the contrastive loss
-            "iterator_train__drop_last": len(train_idx) % self.batch_size == 1
-            and len(train_idx) > 1,
-            "iterator_train__collate_fn": identity_collate,
-            "iterator_valid__collate_fn": identity_collate,
-            "device": device,
-            "verbose": int(self.verbose),
-        }
-        # the criterion is unused (get_loss computes the pretext loss): not replaceable
-        check_net_kwargs(self, kwargs, kwargs["optimizer"], None)
-        extra = dict(self.net_kwargs or {})
-        callbacks = self._callbacks() + list(extra.pop("callbacks", None) or [])
-        net_cls, accelerate_kwargs = net_class(_PretrainNet, accelerator, self.verbose)
-        kwargs.update(accelerate_kwargs)
-        kwargs.update(extra)
-        kwargs["callbacks"] = callbacks
-        pool = _ReplacementPool.from_rows(dataset.X[torch.as_tensor(train_idx)])
-        return net_cls(
-            module, method=self.method, mask_rate=float(self.mask_rate),
-            temperature=float(self.temperature), pool=pool, corruption_seed=seed + 1,
-            **kwargs,
-        )
+    def _divergence_advice(self):
+        return " or a larger temperature." if self.method == "contrastive" else "."
 
     @_fit_context(prefer_skip_nested_validation=True)
     @one_fit_at_a_time
@@ -677,20 +415,23 @@ class TabularPretrainer(TransformerMixin, BaseEstimator):
         with clearer_errors("X"):
             X = validate_data(self, X, reset=True, dtype=[np.float64, np.float32],
                               ensure_min_samples=2, ensure_all_finite="allow-nan")
-        hidden = self._check_hidden()
+        hidden = _check_hidden(self.hidden_layer_sizes)
         accelerator, device = resolve_accelerator(self.accelerator, self.device)
-        mean, scale, nan_columns = self._statistics(X)
+        mean, scale, nan_columns = _column_statistics(X, getattr(self, "feature_names_in_", None))
         seed = seed_from_random_state(self.random_state)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             encoder = _build_encoder(mean, scale, hidden, self.dropout, nan_columns)
-            module = _PretrainModule(encoder, X.shape[1], hidden[-1], self.method)
-        train_idx, valid_idx = self._validation_split(len(X), seed)
+            module = PretrainModule(encoder, X.shape[1], hidden[-1], self.method)
+        train_idx, valid_idx = self._validation_split(len(X), seed=seed, unit="rows")
         dataset = BatchDataset(torch.from_numpy(np.ascontiguousarray(X, dtype=np.float32)))
-        net = self._make_net(module, dataset, train_idx, valid_idx, seed, device, accelerator)
-        fit_seeded(net, dataset, train_idx, seed, device)
-        module = unwrap_module(net.module_)
-        history = finish_fit(net, module, "random initialisation")
+        net = self._make_net(
+            module, dataset, train_idx, valid_idx, device, accelerator, method=self.method,
+            mask_rate=float(self.mask_rate), temperature=float(self.temperature),
+            pool=ReplacementPool.from_rows(dataset.X[torch.as_tensor(train_idx)]),
+            corruption_seed=seed + 1)
+        module, history = self._train(net, dataset, train_idx, seed, device,
+                                      "random initialisation")
         encoder = module.encoder
         self.encoder_ = encoder
         self.mean_, self.scale_ = mean, scale
@@ -722,14 +463,7 @@ class TabularPretrainer(TransformerMixin, BaseEstimator):
             X = validate_data(self, X, reset=False, dtype=[np.float32, np.float64],
                               ensure_all_finite=True if nan_columns is None else "allow-nan")
         check_missing(X, nan_columns, self)
-        out = np.empty((len(X), self.n_features_out_), dtype=np.float32)
-        with torch.inference_mode():
-            for start in range(0, len(X), self.batch_size):
-                chunk = np.ascontiguousarray(X[start:start + self.batch_size],
-                                             dtype=np.float32)
-                batch = torch.from_numpy(chunk).to(self.device_)
-                out[start:start + len(chunk)] = self.encoder_(batch).float().cpu().numpy()
-        return out
+        return self._map_batches(InputData(X, "tabular"), self.encoder_).numpy()
 
     def get_feature_names_out(self, input_features=None):
         """Names ``embedding_0, embedding_1, ...`` of the output columns.
@@ -763,13 +497,3 @@ class TabularPretrainer(TransformerMixin, BaseEstimator):
         tags.non_deterministic = self.random_state is None
         tags.transformer_tags.preserves_dtype = ["float32"]
         return tags
-
-    def __getstate__(self):
-        # pickles hold the encoder on the CPU, so they load on machines without CUDA
-        # a copy: on Python >= 3.11 the base returns the live __dict__ itself
-        state = dict(super().__getstate__())
-        if state.get("encoder_") is not None and getattr(self, "device_", "cpu") != "cpu":
-            state["encoder_"] = copy.deepcopy(state["encoder_"]).to("cpu")
-            state["device_"] = "cpu"
-        return state
-

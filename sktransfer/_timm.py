@@ -53,7 +53,8 @@ import threading
 import torch
 from torch import nn
 
-from ._blocks import BlockNet, _chain, _has_params
+from ._blocknet import BlockNet, _chain, _has_params
+from ._weight_files import WeightsUnavailableError, load_into, looks_like_path
 
 __all__ = ["build_timm", "is_timm_model", "split_timm", "timm_preprocess", "input_size"]
 
@@ -89,8 +90,6 @@ def build_timm(name, weights):
 
     Returns ``(model, description)``.
     """
-    from ._weights import WeightsUnavailableError, _load_into, _looks_like_path
-
     timm = require_timm(f"model='timm:{name}'")
     if not name or not timm.is_model(name):
         close = difflib.get_close_matches(name, timm.list_models(), n=5, cutoff=0.6)
@@ -105,9 +104,9 @@ def build_timm(name, weights):
     base, _, tag = name.partition(".")
     tags = [t.split(".", 1)[1] for t in timm.list_pretrained(f"{base}.*")]
     is_tag = isinstance(weights, str) and (weights == "DEFAULT" or weights in tags)
-    if not is_tag and _looks_like_path(weights):  # a tag wins over a same-named file
+    if not is_tag and looks_like_path(weights):  # a tag wins over a same-named file
         model = timm.create_model(name, pretrained=False)
-        _load_into(model, weights)
+        load_into(model, weights)
         return model, f"timm:{name} ({weights})"
     if not isinstance(weights, str):
         raise TypeError(

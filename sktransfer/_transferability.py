@@ -1,7 +1,17 @@
-"""Private numerics and input checks behind :mod:`sktransfer.metrics`.
+"""Private input checks, numerics and helpers behind :mod:`sktransfer.metrics`.
 
-Everything here works on validated float64 arrays; the public functions in
-``metrics.py`` validate, document and dispatch.
+``metrics.py`` holds the public functions, their documentation and their
+parameter validation (``validate_params``). This module holds what they run:
+
+* input checks that turn features, labels and probabilities into validated
+  float64 arrays, with errors that name the input and the fix
+  (``check_features``, ``check_labels``, ``check_proba``, ``check_same_length``);
+* the numerics on those arrays: LogME's evidence (``logme_targets``,
+  ``logme_evidences``, ``logme_fit``), ``h_score_from_labels``,
+  ``leep_from_proba``, ``nce_from_labels``;
+* the pieces of the scorer, of ``rank_models`` and of ``domain_shift_score``
+  (``TransferabilityScorer``, ``transform_features``, ``score_candidate``,
+  ``domain_accuracy``).
 """
 
 from __future__ import annotations
@@ -156,10 +166,6 @@ def logme_targets(y, regression, n_samples):
     Labels become a sparse one-hot (one-vs-rest) matrix; continuous targets are
     used as they are.
     """
-    if not (regression == "auto" or isinstance(regression, (bool, np.bool_))):
-        raise ValueError(
-            f"regression must be 'auto', True or False, got {regression!r}."
-        )
     if sparse.issparse(y):
         raise TypeError("y must be a dense array, got a sparse matrix.")
     y_arr = np.asarray(y)
@@ -439,7 +445,7 @@ def domain_accuracy(S, T, cv, rng):
     if len(T) > n:
         T = T[np.sort(rng.choice(len(T), n, replace=False))]
     if isinstance(cv, (numbers.Integral, np.integer)) and not isinstance(cv, bool):
-        if not 2 <= cv <= n:
+        if cv > n:  # cv >= 2: the caller's constraints
             raise ValueError(
                 f"cv={cv} needs 2 <= cv <= {n} (the size of the smaller feature set); "
                 "pass fewer folds or more samples."

@@ -22,43 +22,37 @@ from __future__ import annotations
 
 import copy
 import difflib
+import enum
 import inspect
 import os
-import pickle
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
 import torch
+from sklearn.utils._param_validation import HasMethods, Hidden
 from torch import nn
 
-from ._blocks import BlockNet, split_model
+from ._blocknet import BlockNet
+from ._blocks import split_model
+from ._weight_files import (
+    WeightsUnavailableError,
+    load_into,
+    load_state_dict_file,
+    looks_like_path,
+)
 
-__all__ = ["resolve_model", "load_state_dict_file", "WeightsUnavailableError", "ResolvedModel"]
+__all__ = ["resolve_model", "load_state_dict_file", "WeightsUnavailableError", "ResolvedModel",
+           "MODEL_CONSTRAINTS"]
 
-_STATE_DICT_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt", ".safetensors")
 
-
-class WeightsUnavailableError(OSError):
-    """Pretrained weights could not be downloaded and are not in the local cache.
-
-    Raised by ``fit`` (and :func:`list_blocks`) for ``weights="DEFAULT"`` or another
-    torchvision weights name when the machine is offline. The message names the
-    file that was wanted, torchvision's cache folder, and how to pass a local
-    copy instead (``weights="/path/to/file.pth"``). It is an ``OSError``. The
-    same for timm's pretrained weights (``model="timm:<name>"``, a local file
-    instead) and Hugging Face hub models (``model="hf:<hub id>"``, a
-    ``save_pretrained`` directory instead).
-
-    Examples
-    --------
-    >>> from sktransfer import FeatureExtractorTransformer, WeightsUnavailableError
-    >>> fx = FeatureExtractorTransformer(model="resnet18", weights="DEFAULT")
-    >>> try:  # doctest: +SKIP
-    ...     fx.fit(images)
-    ... except WeightsUnavailableError as exc:
-    ...     print(exc)  # names resnet18-f37072fd.pth and how to pass a local file
-    """
+#: scikit-learn parameter constraints of ``model`` and ``weights``, shared by the
+#: estimators and ``list_blocks`` (a torchvision weights enum member is accepted
+#: but not advertised in the error message)
+MODEL_CONSTRAINTS = {
+    "model": [str, nn.Module, callable, HasMethods(["__sktransfer_model__"])],
+    "weights": [None, str, os.PathLike, Hidden(enum.Enum)],
+}
 
 
 @dataclass
@@ -102,7 +96,7 @@ def _build_torchvision(name, weights):
         isinstance(weights, str)
         and (weights == "DEFAULT" or weights in weights_enum.__members__)
     )
-    if weights is None or (not is_name and _looks_like_path(weights)):
+    if weights is None or (not is_name and looks_like_path(weights)):
         default = getattr(weights_enum, "DEFAULT", None)
         if default is not None:
             preprocess = default.transforms()
@@ -117,7 +111,7 @@ def _build_torchvision(name, weights):
                 model.aux_logits = False
                 for attr in aux:
                     setattr(model, attr, None)
-            _load_into(model, weights, ignore_prefixes=tuple(f"{a}." for a in aux))
+            load_into(model, weights, ignore_prefixes=tuple(f"{a}." for a in aux))
     else:
         if isinstance(weights, WeightsEnum):
             if not isinstance(weights, weights_enum):
@@ -164,121 +158,6 @@ _PRETRAINED_ARCH = {
     "googlenet": ({"transform_input": True, "init_weights": False}, ("aux1", "aux2")),
     "inception_v3": ({"transform_input": True, "init_weights": False}, ("AuxLogits",)),
 }
-
-
-def _looks_like_path(weights):
-    if isinstance(weights, os.PathLike):
-        return True
-    if isinstance(weights, str):
-        return (
-            weights.lower().endswith(_STATE_DICT_SUFFIXES)
-            or os.sep in weights
-            or "/" in weights
-            or os.path.exists(weights)
-        )
-    return False
-
-
-def _strip_prefix(state_dict, model_keys):
-    """Strip a ``module.`` (DataParallel) prefix when it makes the keys match."""
-    if state_dict and all(k.startswith("module.") for k in state_dict):
-        stripped = {k[len("module."):]: v for k, v in state_dict.items()}
-        if set(stripped) & set(model_keys):
-            return stripped
-    return state_dict
-
-
-def load_state_dict_file(path):
-    """Read a state dict from ``.safetensors`` or ``.pt``/``.pth`` without running code.
-
-    ``torch.load`` is always called with ``weights_only=True``: a file that
-    holds pickled Python objects other than tensors and containers is refused.
-    """
-    path = Path(os.fspath(path)).expanduser()
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"Weights file {str(path)!r} does not exist. Pass the path to a state-dict "
-            "file (.pt/.pth saved with torch.save(model.state_dict(), path), or "
-            ".safetensors)."
-        )
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        try:
-            return load_file(str(path), device="cpu")
-        except Exception as exc:  # noqa: BLE001 - any parse error is the same problem
-            raise ValueError(
-                f"Could not read {str(path)!r} as a safetensors file: {exc}"
-            ) from exc
-    try:
-        obj = torch.load(str(path), map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        raise ValueError(
-            f"Refused to load {str(path)!r}: it contains pickled Python objects, not only "
-            "tensors, and loading it could run arbitrary code (it was not run). Save the "
-            "weights with torch.save(model.state_dict(), path) or as .safetensors "
-            "(safetensors.torch.save_file), then pass that file."
-        ) from exc
-    except Exception as exc:  # noqa: BLE001
-        raise ValueError(
-            f"Could not read {str(path)!r} as a torch state-dict file "
-            f"({type(exc).__name__}: {exc}). Expected a file written by "
-            "torch.save(model.state_dict(), path) or a .safetensors file."
-        ) from exc
-    if isinstance(obj, dict):
-        for key in ("state_dict", "model_state_dict", "model"):
-            inner = obj.get(key)
-            if isinstance(inner, dict) and inner and all(
-                isinstance(v, torch.Tensor) for v in inner.values()
-            ):
-                obj = inner
-                break
-    if not isinstance(obj, dict) or not all(
-        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items()
-    ):
-        raise ValueError(
-            f"{str(path)!r} does not hold a state dict (a mapping of parameter names to "
-            f"tensors) but a {type(obj).__name__}. Save it with "
-            "torch.save(model.state_dict(), path)."
-        )
-    return obj
-
-
-def _load_into(model, path, ignore_prefixes=()):
-    state = load_state_dict_file(path)
-    own = model.state_dict()
-    state = _strip_prefix(state, own)
-    if ignore_prefixes:
-        state = {k: v for k, v in state.items() if not k.startswith(ignore_prefixes)}
-    missing = sorted(set(own) - set(state))
-    unexpected = sorted(set(state) - set(own))
-    mismatched = sorted(
-        f"{k}: file {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
-        for k in set(own) & set(state)
-        if tuple(state[k].shape) != tuple(own[k].shape)
-    )
-    if missing or unexpected or mismatched:
-        parts = []
-        if missing:
-            parts.append(f"missing keys {_short(missing)}")
-        if unexpected:
-            parts.append(f"unexpected keys {_short(unexpected)}")
-        if mismatched:
-            parts.append(f"shape mismatches {_short(mismatched)}")
-        raise ValueError(
-            f"The state dict in {os.fspath(path)!r} does not fit {type(model).__name__}: "
-            + "; ".join(parts)
-            + ". Check that the file was saved from the same architecture "
-            "(same constructor arguments, e.g. num_classes)."
-        )
-    model.load_state_dict(state, strict=True)
-
-
-def _short(items, n=5):
-    items = list(items)
-    more = f" ... and {len(items) - n} more" if len(items) > n else ""
-    return "[" + ", ".join(map(str, items[:n])) + "]" + more
-
 
 def _call_factory(model):
     try:
@@ -348,17 +227,17 @@ def _resolve_source(model, weights):
 def resolve_model(model, weights=None):
     """Build a private, split copy of the pretrained network.
 
+    ``model`` and ``weights`` have passed ``MODEL_CONSTRAINTS`` (the callers'
+    parameter validation); what the constraints cannot express (a factory's
+    arguments, a weights name that fits the architecture, a file's contents) is
+    checked here.
+
     Returns
     -------
     ResolvedModel
         ``net`` is a :class:`BlockNet` that shares no parameters with the
         caller's ``model``: modifying it never changes the user's module.
     """
-    if model is None:
-        raise ValueError(
-            "model=None: pass a pretrained network, e.g. model='resnet18', an nn.Module, "
-            "or a fitted sktransfer estimator."
-        )
     preprocess = None
     input_shape = None
     extra: dict[str, Any] = {}
@@ -398,15 +277,9 @@ def resolve_model(model, weights=None):
     elif isinstance(model, nn.Module):
         module = copy.deepcopy(model)
         description = type(model).__name__
-    elif callable(model):
+    else:  # a class or zero-argument callable (MODEL_CONSTRAINTS allow nothing else)
         module = _call_factory(model)
         description = getattr(model, "__name__", type(model).__name__)
-    else:
-        raise TypeError(
-            f"model must be a torchvision model name, an nn.Module, a class or "
-            f"zero-argument callable returning one, or a fitted sktransfer estimator; "
-            f"got {type(model).__name__}."
-        )
     if not isinstance(model, str) and weights is not None:
         if not isinstance(weights, (str, os.PathLike)):
             raise TypeError(
@@ -414,13 +287,13 @@ def resolve_model(model, weights=None):
                 f"(.pt/.pth/.safetensors) when model is not an architecture name; got "
                 f"{type(weights).__name__}."
             )
-        if isinstance(weights, str) and not _looks_like_path(weights):
+        if isinstance(weights, str) and not looks_like_path(weights):
             raise ValueError(
                 f"weights={weights!r} looks like a torchvision weights name, which only "
                 "applies when model is an architecture name (e.g. model='resnet18'). For "
                 "an nn.Module pass weights=None or a path to a state-dict file."
             )
-        _load_into(module, weights)
+        load_into(module, weights)
     if isinstance(module, BlockNet):
         net = module
         original = None

@@ -17,10 +17,12 @@ training anything. Higher is better for all of them.
 from __future__ import annotations
 
 import inspect
+import numbers
 
 import pandas as pd
 from sklearn.model_selection import check_cv
 from sklearn.utils import check_random_state
+from sklearn.utils._param_validation import HasMethods, Interval, StrOptions, validate_params
 from sklearn.utils.multiclass import type_of_target
 
 from ._transferability import (
@@ -48,6 +50,11 @@ __all__ = [
 ]
 
 
+@validate_params(
+    {"features": ["array-like"], "y": ["array-like"],
+     "regression": [StrOptions({"auto"}), "boolean"]},
+    prefer_skip_nested_validation=True,
+)
 def logme_score(features, y, *, regression="auto"):
     r"""LogME: the maximised log-evidence of a linear model on the features.
 
@@ -148,6 +155,10 @@ def logme_score(features, y, *, regression="auto"):
     return logme_fit(features, y, regression=regression)[0]
 
 
+@validate_params(
+    {"features": ["array-like"], "y": ["array-like"], "shrinkage": ["boolean"]},
+    prefer_skip_nested_validation=True,
+)
 def h_score(features, y, *, shrinkage=False):
     r"""H-score: how much of the features' variance is explained by the classes.
 
@@ -209,6 +220,10 @@ def h_score(features, y, *, shrinkage=False):
     return h_score_from_labels(F, y_idx, shrinkage=bool(shrinkage))
 
 
+@validate_params(
+    {"source_proba": ["array-like"], "y": ["array-like"]},
+    prefer_skip_nested_validation=True,
+)
 def leep_score(source_proba, y):
     r"""LEEP: log expected empirical prediction (Nguyen et al., 2020).
 
@@ -261,6 +276,10 @@ def leep_score(source_proba, y):
     return leep_from_proba(check_proba(P), y_idx)
 
 
+@validate_params(
+    {"source_labels": ["array-like"], "y": ["array-like"]},
+    prefer_skip_nested_validation=True,
+)
 def nce_score(source_labels, y):
     r"""Negative conditional entropy :math:`-H(Y \mid Z)` (Tran et al., 2019).
 
@@ -309,16 +328,11 @@ _FEATURE_METRICS = {
 }
 
 
+_METRIC = [StrOptions(set(_FEATURE_METRICS)), callable]
+
+
 def _resolve_metric(metric, kwargs):
-    if callable(metric):
-        func, fixed = metric, {}
-    elif isinstance(metric, str) and metric in _FEATURE_METRICS:
-        func, fixed = _FEATURE_METRICS[metric]
-    else:
-        raise ValueError(
-            f"metric={metric!r} is not supported; use one of {sorted(_FEATURE_METRICS)} "
-            "or a callable metric(features, y, **kwargs) -> float."
-        )
+    func, fixed = (metric, {}) if callable(metric) else _FEATURE_METRICS[metric]
     clash = set(fixed) & set(kwargs)
     if clash:
         raise ValueError(f"metric={metric!r} already sets {sorted(clash)}; do not pass them.")
@@ -332,6 +346,7 @@ def _resolve_metric(metric, kwargs):
     return func, params
 
 
+@validate_params({"metric": _METRIC}, prefer_skip_nested_validation=True)
 def transferability_scorer(metric="logme", **kwargs):
     """A scikit-learn scorer that scores an estimator's *features* with ``metric``.
 
@@ -386,11 +401,16 @@ def transferability_scorer(metric="logme", **kwargs):
     >>> y = (X[:, 0] > 0).astype(int)
     >>> net = nn.Sequential(nn.Linear(6, 16), nn.ReLU(), nn.Linear(16, 8), nn.ReLU(),
     ...                     nn.Linear(8, 2))
+    >>> scorer = transferability_scorer("logme")
     >>> search = GridSearchCV(
     ...     FeatureExtractorTransformer(model=net, device="cpu"), {"layer": [0, 1]},
-    ...     scoring=transferability_scorer("logme"),
-    ...     cv=StratifiedKFold(3, shuffle=True, random_state=0)).fit(X, y)
-    >>> search.best_params_["layer"] in (0, 1)
+    ...     scoring=scorer, cv=StratifiedKFold(3, shuffle=True, random_state=0)).fit(X, y)
+
+    The scorer scores the features of the layer each candidate extracts:
+
+    >>> from sktransfer.metrics import logme_score
+    >>> best = search.best_estimator_
+    >>> bool(scorer(best, X, y) == logme_score(best.transform(X), y))
     True
     """
     func, params = _resolve_metric(metric, kwargs)
@@ -406,6 +426,13 @@ def _is_label_target(y, metric, params):
     return type_of_target(y) in ("binary", "multiclass")
 
 
+@validate_params(
+    {"candidates": [dict, list], "X": ["array-like"], "y": ["array-like"],
+     "metric": _METRIC, "cv": ["cv_object"], "prefit": ["boolean"],
+     "metric_params": [dict, None]},
+    # the candidates' fit and the metric run inside: they validate their own parameters
+    prefer_skip_nested_validation=False,
+)
 def rank_models(candidates, X, y, *, metric="logme", cv=None, prefit=False,
                 metric_params=None):
     """Score candidate feature extractors on the same data, best first.
@@ -462,16 +489,11 @@ def rank_models(candidates, X, y, *, metric="logme", cv=None, prefit=False,
     ['first column', 'last column']
     """
     items = list(candidates.items()) if isinstance(candidates, dict) else list(candidates)
+    # what the constraints cannot say: non-empty, and a list of pairs
     if not items or not all(isinstance(it, tuple) and len(it) == 2 for it in items):
         raise ValueError(
             "candidates must be a non-empty dict {name: transformer} or a list of "
             "(name, transformer) pairs."
-        )
-    if metric_params is not None and not isinstance(metric_params, dict):
-        raise TypeError(
-            f"metric_params must be a dict of keyword arguments for the metric or None, got "
-            f"{type(metric_params).__name__} {metric_params!r}; e.g. "
-            "metric_params={'regression': True}."
         )
     params = dict(metric_params or {})
     scorer = transferability_scorer(metric, **params)
@@ -494,6 +516,13 @@ def rank_models(candidates, X, y, *, metric="logme", cv=None, prefit=False,
     return ranking.sort_values("score", ascending=False, kind="stable").reset_index(drop=True)
 
 
+@validate_params(
+    {"source_features": ["array-like"], "target_features": ["array-like"],
+     "cv": [Interval(numbers.Integral, 2, None, closed="left"),
+            HasMethods(["split", "get_n_splits"])],
+     "random_state": ["random_state"], "return_accuracy": ["boolean"]},
+    prefer_skip_nested_validation=True,
+)
 def domain_shift_score(source_features, target_features, *, cv=5, random_state=None,
                        return_accuracy=False):
     r"""Proxy A-distance between source and target features.
@@ -566,13 +595,6 @@ def domain_shift_score(source_features, target_features, *, cv=5, random_state=N
             f"source_features has {S.shape[1]} features but target_features has "
             f"{T.shape[1]}; extract both with the same model and layer."
         )
-    try:
-        rng = check_random_state(random_state)
-    except ValueError as exc:
-        raise ValueError(
-            f"random_state={random_state!r} is not valid; use None, an int or a "
-            "numpy.random.RandomState."
-        ) from exc
-    accuracy = domain_accuracy(S, T, cv, rng)
+    accuracy = domain_accuracy(S, T, cv, check_random_state(random_state))
     score = 2.0 * (1.0 - 2.0 * min(1.0 - accuracy, 0.5))
     return (score, accuracy) if return_accuracy else score

@@ -15,11 +15,13 @@ import numbers
 from collections.abc import Mapping
 
 import numpy as np
+from sklearn.utils._param_validation import HasMethods, StrOptions, validate_params
 
 __all__ = ["plot_label_efficiency", "plot_learning_curves", "plot_search_heatmap"]
 
 _MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
 _UNSET = "(not set)"  # a parameter absent from one of several grids
+_AX = [HasMethods(["plot", "imshow"]), None]  # a matplotlib Axes (imported lazily)
 
 
 def _pyplot():
@@ -38,13 +40,6 @@ def _get_ax(ax, figsize):
     plt = _pyplot()
     if ax is None:
         return plt.subplots(figsize=figsize)[1], True
-    from matplotlib.axes import Axes
-
-    if not isinstance(ax, Axes):
-        raise TypeError(
-            f"ax must be a matplotlib Axes or None, got {type(ax).__name__}; "
-            "e.g. fig, ax = plt.subplots(), then pass ax=ax."
-        )
     return ax, False
 
 
@@ -119,6 +114,11 @@ def _best_epoch(history, metric, valid):
     return int(np.nanargmin(valid) if "loss" in metric else np.nanargmax(valid))
 
 
+@validate_params(
+    {"estimators": "no_validation",  # estimators, histories, or lists/dicts of them
+     "labels": ["array-like", None], "ax": _AX, "metric": [str]},
+    prefer_skip_nested_validation=True,
+)
 def plot_learning_curves(estimators, labels=None, ax=None, metric="loss"):
     """Plot training and validation curves per epoch of fine-tuned estimators.
 
@@ -168,8 +168,6 @@ def plot_learning_curves(estimators, labels=None, ax=None, metric="loss"):
     >>> [line.get_label() for line in ax.get_lines()]
     ['train loss', 'valid loss']
     """
-    if not isinstance(metric, str):
-        raise TypeError(f"metric must be a str such as 'loss', got {type(metric).__name__}.")
     if isinstance(estimators, Mapping):
         if labels is not None:
             raise ValueError(
@@ -184,7 +182,7 @@ def plot_learning_curves(estimators, labels=None, ax=None, metric="loss"):
     if labels is None:
         labels = [name if len(pairs) == 1 else f"{i}: {name}"
                   for i, (_, name) in enumerate(pairs)]
-    elif isinstance(labels, str) or len(labels) != len(pairs):
+    elif len(labels) != len(pairs):
         raise ValueError(
             f"labels must be a list with one label per estimator ({len(pairs)}), got {labels!r}."
         )
@@ -232,8 +230,6 @@ def plot_learning_curves(estimators, labels=None, ax=None, metric="loss"):
 
 # -- search heatmap ----------------------------------------------------------------
 def _match_param(name, params, which):
-    if not isinstance(name, str):
-        raise TypeError(f"{which} must be a parameter name (str), got {type(name).__name__}.")
     if name in params:
         return name
     found = [p for p in params if p.endswith("__" + name)]
@@ -279,6 +275,11 @@ def _categories(values, sort):
     return cats
 
 
+@validate_params(
+    {"search": [Mapping, HasMethods(["fit", "get_params"])], "x": [str], "y": [str],
+     "ax": _AX, "score": [str], "cmap": [str], "values_format": [str, None]},
+    prefer_skip_nested_validation=True,
+)
 def plot_search_heatmap(search, x="alpha", y="freeze_depth", ax=None,
                         score="mean_test_score", *, cmap="viridis", values_format=None):
     """Plot a hyper-parameter search's score over two parameters as an annotated heatmap.
@@ -338,20 +339,13 @@ def plot_search_heatmap(search, x="alpha", y="freeze_depth", ax=None,
 
     if isinstance(search, Mapping):
         results, sort = search, False
-    elif hasattr(search, "fit") and hasattr(search, "get_params"):
+    else:
         check_is_fitted(search, "cv_results_")
         results, sort = search.cv_results_, hasattr(search, "param_distributions")
-    else:
-        raise TypeError(
-            "search must be a fitted GridSearchCV/RandomizedSearchCV or its cv_results_ "
-            f"dict, got {type(search).__name__}."
-        )
     params = [k[len("param_"):] for k in results if k.startswith("param_")]
     xname, yname = _match_param(x, params, "x"), _match_param(y, params, "y")
     if xname == yname:
         raise ValueError(f"x and y are both {xname!r}; pick two different parameters.")
-    if not isinstance(score, str):
-        raise TypeError(f"score must be a cv_results_ key (str), got {type(score).__name__}.")
     key = score if score in results else f"mean_test_{score}"
     if key not in results:
         raise ValueError(
@@ -420,6 +414,11 @@ def plot_search_heatmap(search, x="alpha", y="freeze_depth", ax=None,
 
 
 # -- label efficiency --------------------------------------------------------------
+@validate_params(
+    {"results": ["array-like", dict], "x": [str], "y": [str], "hue": [str, None], "ax": _AX,
+     "band": [StrOptions({"minmax", "std"}), None], "logx": ["boolean", StrOptions({"auto"})]},
+    prefer_skip_nested_validation=True,
+)
 def plot_label_efficiency(results, x="labels_per_class", y="accuracy", hue="method", ax=None,
                           *, band="minmax", logx="auto"):
     """Plot a score against the number of labelled samples, one curve per method.
@@ -475,8 +474,8 @@ def plot_label_efficiency(results, x="labels_per_class", y="accuracy", hue="meth
             df = pd.DataFrame(results)
         except (TypeError, ValueError) as exc:
             raise TypeError(
-                "results must be a DataFrame, a list of dicts or a dict of lists, got "
-                f"{type(results).__name__}."
+                f"results cannot be made into a DataFrame ({exc}); pass a DataFrame, a list "
+                "of dicts or a dict of lists."
             ) from exc
     if len(df) == 0:
         raise ValueError("results is empty; pass one row per experiment.")
@@ -492,10 +491,6 @@ def plot_label_efficiency(results, x="labels_per_class", y="accuracy", hue="meth
             )
         if df[col].isna().any():
             raise ValueError(f"{which}={col!r} has missing values; drop those rows first.")
-    if band not in ("minmax", "std", None):
-        raise ValueError(f"band must be 'minmax', 'std' or None, got {band!r}.")
-    if logx not in (True, False, "auto"):
-        raise ValueError(f"logx must be True, False or 'auto', got {logx!r}.")
 
     ax, created = _get_ax(ax, (7, 4.5))
     groups = [(None, df)] if hue is None else [

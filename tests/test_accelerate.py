@@ -134,8 +134,20 @@ class _MetaAccelerator(Accelerator):
 
 def test_bad_accelerator_values_say_what_to_do(data, monkeypatch):
     X, y, source = data
-    with pytest.raises(TypeError, match="accelerator must be None, an accelerate.Accelerator"):
+    with pytest.raises(TypeError, match=r"The 'accelerator' parameter of FineTunedClassifier "
+                                        r"must be None, an instance of 'dict' or an object "
+                                        r"implementing 'prepare' and 'backward'"):
         FineTunedClassifier(model=source, accelerator="gpu").fit(X, y)
+
+    class LooksLikeOne:  # passes the constraint, but is no accelerate.Accelerator
+        def prepare(self, *args):
+            return args
+
+        def backward(self, loss):
+            loss.backward()
+
+    with pytest.raises(TypeError, match="accelerator must be None, an accelerate.Accelerator"):
+        FineTunedClassifier(model=source, accelerator=LooksLikeOne()).fit(X, y)
     with pytest.raises(TypeError, match="not a valid set of keyword arguments.*no_such_option"):
         FineTunedClassifier(model=source, accelerator={"no_such_option": 1}).fit(X, y)
     with pytest.raises(ValueError, match="device='cpu' but the accelerator runs on 'meta'"):

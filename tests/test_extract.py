@@ -126,6 +126,20 @@ def test_feature_names_and_pandas_output(source_cnn, digits):
     assert isinstance(out, pd.DataFrame) and list(out.columns) == list(names)
 
 
+def test_feature_names_out_checks_input_features_against_fit(tabular_source):
+    net = tabular_source["net"]
+    X = pd.DataFrame(tabular_source["X_target"][:10]).add_prefix("c")
+    fx = FeatureExtractorTransformer(model=net, **CPU).fit(X)
+    names = fx.get_feature_names_out()
+    assert list(fx.get_feature_names_out(list(X.columns))) == list(names)
+    with pytest.raises(ValueError, match="input_features is not equal to feature_names_in_"):
+        fx.get_feature_names_out(list(X.columns)[::-1])
+    fx = FeatureExtractorTransformer(model=net, **CPU).fit(X.to_numpy())
+    with pytest.raises(ValueError, match="input_features should have length equal to number "
+                                         "of features \\(20\\), got 3"):
+        fx.get_feature_names_out(["a", "b", "c"])
+
+
 def test_memory_bounded_by_batch_size(source_cnn, digits):
     """The network never sees more than batch_size samples at once."""
     sizes = []
@@ -140,7 +154,8 @@ def test_memory_bounded_by_batch_size(source_cnn, digits):
     (3, ValueError, r"out of range.*3 blocks"),
     (-4, ValueError, "out of range"),
     ("layer9", ValueError, r"not a block.*\['0-2', '3-6', '7-8'\]"),
-    (1.5, TypeError, "layer must be"),
+    (1.5, TypeError, r"The 'layer' parameter of FeatureExtractorTransformer must be an int"),
+    (True, TypeError, "layer must be an int, a block name or None, got True"),
 ])
 def test_bad_layer(source_cnn, digits, layer, error, match):
     with pytest.raises(error, match=match):

@@ -10,7 +10,7 @@ from torchvision import models as tvm
 from torchvision.models.convnext import CNBlockConfig
 from torchvision.models.swin_transformer import PatchMergingV2, SwinTransformerBlockV2
 
-from sktransfer._blocks import BlockNet
+from sktransfer._blocknet import BlockNet
 from sktransfer._families import split_family
 
 NC = 7

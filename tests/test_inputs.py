@@ -1,4 +1,4 @@
-"""X -> tensors: tables, image arrays, image files / PIL images, batching, split checks."""
+"""X -> tensors: tables, image arrays, image files / PIL images, batching."""
 
 import numpy as np
 import pandas as pd
@@ -8,7 +8,7 @@ from PIL import Image
 from torch import nn
 from torchvision.transforms.functional import pil_to_tensor
 
-from sktransfer import FeatureExtractorTransformer, list_blocks, split_model
+from sktransfer import FeatureExtractorTransformer
 from sklearn.base import BaseEstimator
 
 from sktransfer._inputs import InputData, iter_batches, make_batch, validate_input
@@ -477,61 +477,3 @@ def test_validate_input_with_y():
     assert est.input_shape_ == (1, 8, 8) and not hasattr(est, "n_features_in_")
     with pytest.raises(ValueError, match="inconsistent numbers of samples"):
         validate_input(Est(), X_TAB, reset=True, y=[0, 1])
-
-
-# --------------------------------------------------------------------------
-# the default split of arbitrary modules is checked against their forward
-# --------------------------------------------------------------------------
-
-
-class Residual(nn.Module):
-    def __init__(self):
-        super().__init__()
-        torch.manual_seed(0)
-        self.fc1 = nn.Linear(4, 8)
-        self.fc2 = nn.Linear(8, 8)
-        self.out = nn.Linear(8, 2)
-
-    def forward(self, x):
-        h = torch.relu(self.fc1(x))
-        h = h + torch.relu(self.fc2(h))  # not "children in order"
-        return self.out(h)
-
-
-class InOrder(nn.Module):
-    def __init__(self):
-        super().__init__()
-        torch.manual_seed(0)
-        self.fc1 = nn.Linear(4, 8)
-        self.act1 = nn.ReLU()
-        self.fc2 = nn.Linear(8, 6)
-        self.act2 = nn.Tanh()
-        self.out = nn.Linear(6, 2)
-
-    def forward(self, x):
-        return self.out(self.act2(self.fc2(self.act1(self.fc1(x)))))
-
-
-def test_default_split_mismatch_is_reported():
-    with pytest.raises(ValueError, match=r"Residual.*does not reproduce its forward.*split_model"):
-        fx_for(Residual()).fit(X_TAB)
-
-
-def test_explicit_split_of_residual_module_works():
-    net = Residual()
-    fx = fx_for(split_model(net, blocks=["fc1"], head=None)).fit(X_TAB)
-    with torch.no_grad():
-        assert_close(fx.transform(X_TAB), net.fc1(torch.as_tensor(X_TAB)).numpy())
-
-
-def test_default_split_in_order_module_works():
-    net = InOrder()
-    fx = fx_for(net).fit(X_TAB)
-    assert fx.blocks_ == ["fc1-act1", "fc2-act2"]
-    x = torch.as_tensor(X_TAB)
-    with torch.no_grad():
-        expected = net.act2(net.fc2(net.act1(net.fc1(x)))).numpy()
-        first = net.act1(net.fc1(x)).numpy()
-    assert_close(fx.transform(X_TAB), expected)
-    assert_close(fx_for(net, layer="fc1-act1").fit(X_TAB).transform(X_TAB), first)
-    assert list_blocks(net)["name"].tolist() == ["fc1-act1", "fc2-act2"]

@@ -129,7 +129,8 @@ def test_learning_curves_errors(fitted):
         plot_learning_curves(StandardScaler().fit([[0.0], [1.0]]))
     with pytest.raises(ValueError, match="estimators is empty"):
         plot_learning_curves([])
-    with pytest.raises(TypeError, match="ax must be a matplotlib Axes"):
+    with pytest.raises(TypeError, match=r"The 'ax' parameter of plot_learning_curves must be "
+                                        r"an object implementing 'plot' and 'imshow' or None"):
         plot_learning_curves(es, ax="left")
 
 
@@ -203,7 +204,9 @@ def test_search_heatmap_errors(search):
         plot_search_heatmap(search, score="f1")
     with pytest.raises(NotFittedError):
         plot_search_heatmap(GridSearchCV(StandardScaler(), {"with_mean": [True]}))
-    with pytest.raises(TypeError, match="fitted GridSearchCV"):
+    with pytest.raises(TypeError, match=r"The 'search' parameter of plot_search_heatmap must "
+                                        r"be an instance of 'collections\.abc\.Mapping' or an "
+                                        r"object implementing 'fit' and 'get_params'"):
         plot_search_heatmap([1, 2])
 
 
@@ -248,11 +251,13 @@ def test_label_efficiency_errors():
         plot_label_efficiency(rows, y="acc")
     with pytest.raises(TypeError, match="x='method' must be a numeric column"):
         plot_label_efficiency(rows, x="method", hue=None)
-    with pytest.raises(ValueError, match="band must be"):
+    with pytest.raises(ValueError, match=r"The 'band' parameter of plot_label_efficiency must "
+                                         r"be a str among .* or None\. Got 'iqr' instead"):
         plot_label_efficiency(rows, band="iqr")
     with pytest.raises(ValueError, match="results is empty"):
         plot_label_efficiency([])
-    with pytest.raises(TypeError, match="results must be a DataFrame"):
+    with pytest.raises(TypeError, match=r"The 'results' parameter of plot_label_efficiency "
+                                        r"must be an array-like or an instance of 'dict'"):
         plot_label_efficiency(3)
 
 

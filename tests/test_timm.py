@@ -5,6 +5,7 @@ variants or small configurations), weights files are written here.
 """
 
 import copy
+import enum
 import pickle
 import sys
 
@@ -256,8 +257,12 @@ def test_weights_errors(tmp_path):
         list_blocks("timm:resnet18.a1_in1k", weights="a2_in1k")
     with pytest.raises(ValueError, match=r"Unknown timm model 'timm:resnet181'.*'timm:resnet18'"):
         list_blocks("timm:resnet181")
-    with pytest.raises(TypeError, match=r"weights must be None, 'DEFAULT'"):
+    with pytest.raises(TypeError, match=r"The 'weights' parameter of list_blocks must be None, "
+                                        r"an instance of 'str' or an instance of 'os\.PathLike'"):
         list_blocks("timm:resnet18", weights=3)
+    tag = enum.Enum("Tag", {"A1": "a1_in1k"}).A1  # an enum member passes the constraints
+    with pytest.raises(TypeError, match=r"weights must be None, 'DEFAULT'"):
+        list_blocks("timm:resnet18", weights=tag)
     torch.save(timm.create_model("resnet18", num_classes=3).state_dict(), tmp_path / "r.pt")
     with pytest.raises(ValueError, match=r"shape mismatches.*fc\.weight"):
         list_blocks("timm:resnet18", weights=str(tmp_path / "r.pt"))

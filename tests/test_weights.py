@@ -462,15 +462,18 @@ def test_factory_returning_non_module():
 
 
 def test_model_none():
-    with pytest.raises(ValueError, match=r"model=None.*'resnet18'"):
+    message = (r"The 'model' parameter of \w+ must be an instance of 'str', .* a callable or "
+               r"an object implementing '__sktransfer_model__'\. Got None instead")
+    with pytest.raises(ValueError, match=message):
         FeatureExtractorTransformer(device="cpu").fit(X_TAB)
-    with pytest.raises(ValueError, match="model=None"):
+    with pytest.raises(ValueError, match=message):
         list_blocks(None)
 
 
 @pytest.mark.parametrize("bad", [42, 3.5, [nn.Linear(4, 2)]])
 def test_model_of_wrong_type(bad):
-    with pytest.raises(TypeError, match=r"model must be .*got (int|float|list)"):
+    with pytest.raises(TypeError, match=r"The 'model' parameter of FeatureExtractorTransformer "
+                                        r"must be .*Got .* instead"):
         FeatureExtractorTransformer(model=bad, device="cpu").fit(X_TAB)
 
 

@@ -1,4 +1,5 @@
-"""The frozen-prefix activation cache gives the uncached result, faster."""
+"""The frozen-prefix outputs (``_prefix_cache.py``): the cached result equals the uncached
+one, faster; what the key holds; the store's budget; when the cache is used."""
 
 import numpy as np
 import pytest
@@ -78,10 +79,16 @@ def test_over_budget_falls_back_and_says_so(net, digits, capsys):
                               cache_size=1e-3, random_state=0, device="cpu").fit(X, y)
     out = capsys.readouterr().out
     assert "Frozen-prefix cache off" in out and "cache_size=0.001 MB" in out
-    assert est.module_.start_block == 0
-    FineTunedClassifier(model=net, freeze_depth=1, max_epochs=1, verbose=1, random_state=0,
-                        device="cpu").fit(X, y)
+    cached = FineTunedClassifier(model=net, freeze_depth=1, max_epochs=1, verbose=1,
+                                 random_state=0, device="cpu").fit(X, y)
     assert "Frozen-prefix cache on" in capsys.readouterr().out
+    # trained on cached outputs of block 0, the fitted network runs from block 0 again
+    assert cached.module_.start_block == 0
+    module = cached.module_
+    with torch.no_grad():
+        logits = module.forward_head(module.forward_features(torch.as_tensor(X)))
+    np.testing.assert_allclose(cached.predict_proba(X), torch.softmax(logits, 1).numpy(),
+                               rtol=1e-5, atol=1e-6)
 
 
 def test_no_cache_without_frozen_blocks(net, digits, capsys):
@@ -180,3 +187,74 @@ def test_kept_outputs_stay_within_cache_size(net, digits):
     _fit_counting(net, X[::-1].copy(), y[::-1].copy(), freeze_depth=1, cache_size=budget)
     assert len(_prefix_cache._STORE) == 1  # the older entry was evicted
     assert clear_cache() == 1 and clear_cache() == 0
+
+
+# -- the module's pieces ----------------------------------------------------------
+
+
+def _frozen_prefix():
+    torch.manual_seed(0)
+    from sktransfer import split_model
+
+    return split_model(nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 6), nn.ReLU(),
+                                     nn.Linear(6, 2)))
+
+
+def test_the_key_follows_weights_data_batch_size_and_device():
+    from sktransfer._inputs import InputData
+    from sktransfer._prefix_cache import prefix_key
+
+    bnet = _frozen_prefix()
+    X = np.random.RandomState(0).normal(size=(6, 4)).astype(np.float32)
+    data = InputData(X, "tabular")
+    key = prefix_key(bnet.blocks[:1], data, None, 32, "cpu")
+    assert key == prefix_key(_frozen_prefix().blocks[:1], InputData(X.copy(), "tabular"),
+                             None, 32, "cpu")  # contents, not identities
+    assert key != prefix_key(bnet.blocks[:2], data, None, 32, "cpu")
+    assert key != prefix_key(bnet.blocks[:1], data, None, 16, "cpu")
+    assert key != prefix_key(bnet.blocks[:1], InputData(X + 1, "tabular"), None, 32, "cpu")
+    with torch.no_grad():
+        bnet.blocks[0][0].weight[0, 0] += 1
+    assert key != prefix_key(bnet.blocks[:1], data, None, 32, "cpu")
+    # image files may change on disk: never cached
+    assert prefix_key(bnet.blocks[:1], InputData(["a.png"], "files"), None, 32, "cpu") is None
+
+
+def test_the_store_keeps_recently_used_entries_within_the_budget():
+    from sktransfer._prefix_cache import clear_cache, lookup, store
+
+    clear_cache()
+    one = torch.zeros(256)  # 1 kB
+    store("a", one, 2048)
+    store("b", one, 2048)
+    assert lookup("a") is one  # "a" is now the most recently used
+    store("c", one, 2048)  # over budget: the least recently used ("b") goes
+    assert lookup("b") is None and lookup("a") is one and lookup("c") is one
+    store("huge", torch.zeros(1024), 2048)  # larger than the budget: not kept
+    assert lookup("huge") is None
+    assert clear_cache() == 2
+
+
+def test_training_inputs_and_starting_at():
+    from sktransfer._inputs import InputData
+    from sktransfer._prefix_cache import clear_cache, starting_at, training_inputs
+
+    clear_cache()
+    bnet = _frozen_prefix()
+    X = np.random.RandomState(0).normal(size=(6, 4)).astype(np.float32)
+    data = InputData(X, "tabular")
+    common = dict(batch_size=4, cache_size=1)
+    raw, start = training_inputs(bnet, data, 0, None, "cpu", **common)
+    assert start == 0 and torch.equal(raw, torch.as_tensor(X))  # nothing frozen
+    raw, start = training_inputs(bnet, data, 1, None, "cpu", augment=lambda b: b, **common)
+    assert start == 0  # augmented inputs: the frozen blocks must see them
+    raw, start = training_inputs(bnet, data, 1, None, "cpu", batch_size=4, cache_size=1e-5)
+    assert start == 0  # over budget
+    cached, start = training_inputs(bnet, data, 1, None, "cpu", **common)
+    assert start == 1
+    with torch.no_grad():
+        torch.testing.assert_close(cached, bnet.blocks[0](torch.as_tensor(X)))
+    with pytest.raises(RuntimeError), starting_at(bnet, 1):
+        assert bnet(cached).shape == (6, 2)  # runs from block 1 on the cached outputs
+        raise RuntimeError
+    assert bnet.start_block == 0  # reset, even when training fails
