@@ -16,10 +16,17 @@ override small stages. Every net that trains (``TransferNet`` here,
 * ``on_epoch_begin``: gradual unfreezing (``unfreeze_every``) and the
   ``trainable_from`` / ``lr`` history columns.
 * ``_set_training``: frozen blocks stay in eval mode (BatchNorm statistics do
-  not move, Dropout is off) while the rest trains.
+  not move, Dropout is off) while the rest trains; with ``bn="frozen"`` the
+  BatchNorm layers of the trained blocks too.
 * ``get_loss``: the (sample-weighted) data loss, plus ``alpha * R(theta)`` on
-  training batches only (``penalty_term``; its gradient is added after the
-  backward pass, ``train_step_single``).
+  training batches only (``penalty_term``; the gradient of a penalty on the
+  parameters is added after the backward pass, ``train_step_single``; a
+  penalty on the features, ``"bss"`` or ``"co_tuning"``, reads the head's
+  input, which a forward hook captures, and goes through autograd).
+
+Which parameters of the trained blocks train (``train_params``, LoRA
+adapters) is set by ``_adapt.adapt`` before the net is built; gradual
+unfreezing applies the same choice to each block it unfreezes.
 """
 
 from __future__ import annotations
@@ -29,9 +36,18 @@ import torch
 from skorch import NeuralNet
 
 from ._accelerate import unwrap_module
+from ._adapt import freeze_batchnorm, is_adapter_param, set_trainable
+from ._blocknet import pool_features
 from ._blocks import keep_frozen_in_eval, set_trainable_from, unfreeze_depth
 from ._inputs import InputData, make_batch
-from ._penalties import add_gradient, penalty_and_gradient, penalty_value
+from ._penalties import (
+    FEATURE_PENALTIES,
+    add_gradient,
+    bss_penalty,
+    co_tuning_loss,
+    penalty_and_gradient,
+    penalty_value,
+)
 
 __all__ = ["TransferNet", "BatchDataset", "RollbackOnInterrupt", "identity_collate"]
 
@@ -136,7 +152,17 @@ class TransferNet(RollbackOnInterrupt, NeuralNet):
     ----------------------------
     freeze_depth : int
         Blocks ``0..freeze_depth-1`` are frozen (already ``requires_grad=False``).
-    penalty : {None, "l2", "l1", "l2_sp"}
+    frozen_blocks : tuple of int
+        Blocks above ``freeze_depth`` that are frozen too (surgical fine-tuning).
+    train_params, adapter : str, str or None
+        Which parameters of a trained block train (``_adapt.set_trainable``);
+        applied again to each block that gradual unfreezing unfreezes.
+    bn : {"train", "frozen"}
+        ``"frozen"``: the BatchNorm layers of the trained blocks stay in eval mode.
+    relationship : Tensor or None
+        Co-Tuning's ``p(z | y)``, ``(n_classes, n_source)``; the module has a
+        ``source_head``.
+    penalty : {None, "l2", "l1", "l2_sp", "bss", "co_tuning"}
         The regulariser ``R`` (``_penalties.py``).
     alpha : float
         Its strength: the training loss is ``mean loss + alpha * R(theta)``.
@@ -146,7 +172,8 @@ class TransferNet(RollbackOnInterrupt, NeuralNet):
         Block ``i`` places below the top block trains at
         ``lr * backbone_lr_scale * layer_decay ** i``.
     new_prefixes : tuple of str
-        Parameter-name prefixes of parameters created for the target task.
+        Parameter-name prefixes of parameters created for the target task
+        (LoRA adapters are new parameters too).
     weighted : bool
         Whether ``y`` batches are ``(y, sample_weight)`` (the criterion then has
         ``reduction="none"``).
@@ -158,8 +185,14 @@ class TransferNet(RollbackOnInterrupt, NeuralNet):
 
     def __init__(self, module, *args, freeze_depth=0, penalty=None, alpha=0.0,
                  backbone_lr_scale=1.0, layer_decay=None, new_prefixes=("head.",),
-                 weighted=False, unfreeze_every=None, **kwargs):
+                 weighted=False, unfreeze_every=None, frozen_blocks=(), train_params="all",
+                 adapter=None, bn="train", relationship=None, **kwargs):
         super().__init__(module, *args, **kwargs)
+        self.frozen_blocks = tuple(frozen_blocks)
+        self.train_params = train_params
+        self.adapter = adapter
+        self.bn = bn
+        self.relationship = relationship
         self.unfreeze_every = unfreeze_every
         self._depth = freeze_depth
         self.layer_decay = layer_decay
@@ -171,7 +204,7 @@ class TransferNet(RollbackOnInterrupt, NeuralNet):
         self.new_prefixes = new_prefixes
 
     def _is_new(self, name):
-        return name.startswith(tuple(self.new_prefixes))
+        return name.startswith(tuple(self.new_prefixes)) or is_adapter_param(name)
 
     def initialize_module(self):
         super().initialize_module()
@@ -233,7 +266,7 @@ class TransferNet(RollbackOnInterrupt, NeuralNet):
         # anchors must be the pretrained values *before* any step
         # (with gradual unfreezing, every block that will train is still trainable here)
         self._anchor_state = None
-        if self.penalty is not None:
+        if self.penalty is not None and self.penalty not in FEATURE_PENALTIES:
             self._penalty_params()
         return self
 
@@ -248,7 +281,20 @@ class TransferNet(RollbackOnInterrupt, NeuralNet):
     def on_train_begin(self, net, X=None, y=None, **kwargs):
         self._training_mode = None  # the module's mode is unknown until set
         self._depth = self.freeze_depth
+        self._capture_hook = None
+        if self.penalty in FEATURE_PENALTIES and self.alpha > 0:
+            head = unwrap_module(self.module_).head
+            self._capture_hook = head.register_forward_hook(self._capture_head_input)
         super().on_train_begin(net, X=X, y=y, **kwargs)
+
+    def fit_loop(self, X, y=None, epochs=None, **fit_params):
+        try:
+            return super().fit_loop(X, y, epochs=epochs, **fit_params)
+        finally:  # the fitted module keeps no reference to the net
+            if getattr(self, "_capture_hook", None) is not None:
+                self._capture_hook.remove()
+                self._capture_hook = None
+            self._captured = None
 
     def on_epoch_begin(self, net, dataset_train=None, dataset_valid=None, **kwargs):
         super().on_epoch_begin(net, dataset_train, dataset_valid, **kwargs)
@@ -258,6 +304,9 @@ class TransferNet(RollbackOnInterrupt, NeuralNet):
                                    self.unfreeze_every)
             if depth != self._depth:
                 set_trainable_from(module, self.freeze_depth, depth)
+                if self.train_params != "all" or self.adapter is not None:
+                    for block in module.blocks[depth:]:
+                        set_trainable(block, self.train_params, self.adapter)
                 self._depth = depth
                 self._training_mode = None  # newly (un)frozen blocks change mode
         self.history.record("trainable_from", self._depth)
@@ -271,7 +320,12 @@ class TransferNet(RollbackOnInterrupt, NeuralNet):
             return
         super()._set_training(training)
         if training:
-            keep_frozen_in_eval(unwrap_module(self.module_), self._depth)
+            module = unwrap_module(self.module_)
+            keep_frozen_in_eval(module, self._depth)
+            for i in self.frozen_blocks:
+                module.blocks[i].eval()
+            if self.bn == "frozen":
+                freeze_batchnorm(module.blocks)
         self._training_mode = training
 
     # -- the objective ------------------------------------------------------------
@@ -286,11 +340,38 @@ class TransferNet(RollbackOnInterrupt, NeuralNet):
         w = w.to(per_sample.device)
         return (per_sample * w).sum() / w.sum().clamp_min(1e-12)
 
-    def penalty_term(self):
+    def _capture_head_input(self, head, args, output):
+        """Forward hook on the head: keep its input on training batches (and, for
+        Co-Tuning, the pretrained head's output on it, computed inside the forward
+        pass so that distributed data parallel sees the source head used)."""
+        if not head.training:
+            return
+        module = unwrap_module(self.module_)
+        x = args[0]
+        source = module.source_head(x) if self.penalty == "co_tuning" else None
+        self._captured = (x, source)
+
+    def feature_penalty(self, y_true):
+        """``R`` of a feature penalty on the last training batch (``None`` without one)."""
+        captured, self._captured = getattr(self, "_captured", None), None
+        if captured is None:
+            return None
+        x, source_logits = captured
+        if self.penalty == "bss":
+            if x.ndim > 2:  # a feature map or tokens: the new head pools them the same way
+                x = pool_features(x, "avg", unwrap_module(self.module_).channels_last)
+            return bss_penalty(x)
+        y, w = y_true if self.weighted else (y_true, None)
+        relationship = self.relationship.to(source_logits.device)
+        return co_tuning_loss(source_logits, relationship[y.to(relationship.device)], w)
+
+    def penalty_term(self, y_true=None):
         """``alpha * R(theta)`` for a training batch, or ``None`` when there is none."""
         if self.penalty is None or self.alpha <= 0:
             return None
-        if self._penalty_by_autograd:
+        if self.penalty in FEATURE_PENALTIES:
+            reg = self.feature_penalty(y_true)
+        elif self._penalty_by_autograd:
             reg = penalty_value(self.penalty, *self._penalty_params())
         else:
             # R's gradient is added after the backward pass (train_step_single);
@@ -303,7 +384,7 @@ class TransferNet(RollbackOnInterrupt, NeuralNet):
         loss = self.data_loss(y_pred, y_true, X=X, training=training)
         if training:
             self.history.record_batch("train_data_loss", loss.item())
-            term = self.penalty_term()
+            term = self.penalty_term(y_true)
             if term is not None:
                 loss = loss + term
         return loss
