@@ -207,6 +207,11 @@ class TransferNet(RollbackOnInterrupt, NeuralNet):
         return name.startswith(tuple(self.new_prefixes)) or is_adapter_param(name)
 
     def initialize_module(self):
+        # the feature penalties' hook goes on the module before skorch wraps it
+        # (torch.compile through net_kwargs); fit_loop removes it at the end
+        self._remove_capture_hook()
+        if self.penalty in FEATURE_PENALTIES and self.alpha > 0:
+            self._capture_head_input(unwrap_module(self.module))
         super().initialize_module()
         # after skorch moved the module to the device (in _initialize_module) the
         # anchors are taken lazily on the first loss computation; reset them here
@@ -281,20 +286,19 @@ class TransferNet(RollbackOnInterrupt, NeuralNet):
     def on_train_begin(self, net, X=None, y=None, **kwargs):
         self._training_mode = None  # the module's mode is unknown until set
         self._depth = self.freeze_depth
-        self._capture_hook = None
-        if self.penalty in FEATURE_PENALTIES and self.alpha > 0:
-            head = unwrap_module(self.module_).head
-            self._capture_hook = head.register_forward_hook(self._capture_head_input)
         super().on_train_begin(net, X=X, y=y, **kwargs)
+
+    def _remove_capture_hook(self):
+        if getattr(self, "_capture_hook", None) is not None:
+            self._capture_hook.remove()
+        self._capture_hook = None
+        self._captured = {}
 
     def fit_loop(self, X, y=None, epochs=None, **fit_params):
         try:
             return super().fit_loop(X, y, epochs=epochs, **fit_params)
         finally:  # the fitted module keeps no reference to the net
-            if getattr(self, "_capture_hook", None) is not None:
-                self._capture_hook.remove()
-                self._capture_hook = None
-            self._captured = None
+            self._remove_capture_hook()
 
     def on_epoch_begin(self, net, dataset_train=None, dataset_valid=None, **kwargs):
         super().on_epoch_begin(net, dataset_train, dataset_valid, **kwargs)
@@ -340,23 +344,28 @@ class TransferNet(RollbackOnInterrupt, NeuralNet):
         w = w.to(per_sample.device)
         return (per_sample * w).sum() / w.sum().clamp_min(1e-12)
 
-    def _capture_head_input(self, head, args, output):
-        """Forward hook on the head: keep its input on training batches (and, for
-        Co-Tuning, the pretrained head's output on it, computed inside the forward
-        pass so that distributed data parallel sees the source head used)."""
-        if not head.training:
-            return
-        module = unwrap_module(self.module_)
-        x = args[0]
-        source = module.source_head(x) if self.penalty == "co_tuning" else None
-        self._captured = (x, source)
+    def _capture_head_input(self, module):
+        """A forward hook on the head of ``module`` that keeps the head's input on
+        training batches (and, for Co-Tuning, the pretrained head's output on it,
+        computed inside the forward pass so that distributed data parallel sees the
+        source head used). The hook holds a dict and the source head, not the net:
+        ``torch.compile`` traces it."""
+        captured = self._captured = {}
+        source_head = module.source_head if self.penalty == "co_tuning" else None
+
+        def hook(head, args, output):
+            if head.training:
+                captured["x"] = args[0]
+                captured["source"] = None if source_head is None else source_head(args[0])
+
+        self._capture_hook = module.head.register_forward_hook(hook)
 
     def feature_penalty(self, y_true):
         """``R`` of a feature penalty on the last training batch (``None`` without one)."""
-        captured, self._captured = getattr(self, "_captured", None), None
-        if captured is None:
+        captured = getattr(self, "_captured", None) or {}
+        if "x" not in captured:
             return None
-        x, source_logits = captured
+        x, source_logits = captured.pop("x"), captured.pop("source")
         if self.penalty == "bss":
             if x.ndim > 2:  # a feature map or tokens: the new head pools them the same way
                 x = pool_features(x, "avg", unwrap_module(self.module_).channels_last)
