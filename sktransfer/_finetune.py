@@ -31,12 +31,12 @@ from ._base import (
 )
 from ._blocks import check_freeze_depth, freeze_blocks
 from ._docstrings import fill_doc
-from ._heads import attach_head, check_hidden_sizes
+from ._heads import attach_head, check_hidden_sizes, head_features, probe_head
 from ._inputs import source_nan_columns, validate_input
 from ._net import BatchDataset, TransferNet
 from ._persist import WeightsFileMixin
 from ._prefix_cache import starting_at, training_inputs
-from ._trainer import Trainer, lr_scheduler
+from ._trainer import Trainer, auto_epochs, lr_scheduler
 from ._weights import ResolvedModel
 
 __all__ = ["FineTunedClassifier", "FineTunedRegressor"]
@@ -75,18 +75,20 @@ class _BaseFineTuned(WeightsFileMixin, TransferEstimatorMixin, Trainer, BaseEsti
         "head_hidden_sizes": ["array-like"],
         "dropout": [Interval(numbers.Real, 0, 1, closed="left")],
         "reuse_head": ["boolean"],
+        "head_init": [StrOptions({"probe", "random"})],
+        "max_epochs": [Interval(numbers.Integral, 1, None, closed="left"), StrOptions({"auto"})],
         "cache_size": [Interval(numbers.Real, 0, None, closed="left")],
     }
 
     def __init__(self, model=None, weights=None, *, freeze_depth=0, penalty="l2_sp",
-                 alpha=1e-3, lr=1e-3, backbone_lr_scale=0.1, layer_decay=None,
+                 alpha=1e-3, lr=1e-3, backbone_lr_scale=1.0, layer_decay=None,
                  lr_schedule=None, unfreeze_every=None,
                  train_blocks=None, train_params="all", adapter=None, adapter_rank=8,
                  adapter_alpha=16.0, bn="train", wise=1.0,
-                 augment=None, max_epochs=50,
+                 augment=None, max_epochs="auto",
                  batch_size=32,
                  optimizer="adamw", weight_decay=0.0, momentum=0.9, head_hidden_sizes=(),
-                 dropout=0.0, reuse_head=False, early_stopping=False,
+                 dropout=0.0, reuse_head=False, head_init="probe", early_stopping=False,
                  validation_fraction=0.1, n_iter_no_change=10, tol=1e-4, cache_size=1024,
                  random_state=None,
                  device="auto", accelerator=None, preprocess="auto", verbose=0,
@@ -117,6 +119,7 @@ class _BaseFineTuned(WeightsFileMixin, TransferEstimatorMixin, Trainer, BaseEsti
         self.head_hidden_sizes = head_hidden_sizes
         self.dropout = dropout
         self.reuse_head = reuse_head
+        self.head_init = head_init
         self.early_stopping = early_stopping
         self.validation_fraction = validation_fraction
         self.n_iter_no_change = n_iter_no_change
@@ -240,10 +243,12 @@ class _BaseFineTuned(WeightsFileMixin, TransferEstimatorMixin, Trainer, BaseEsti
             resolved.net, features, classification=is_classifier(self),
             reuse_head=self.reuse_head)
         module, _, new_prefixes = self._build_module(resolved, features, n_out, seed)
+        train_idx, valid_idx = self._validation_split(len(data), stratify, seed)
+        head_l2 = self._init_head(module, data, preprocess, device, y_tensor, weights,
+                                  train_idx)
         # which blocks and parameters train, adapters, WiSE-FT's theta_s (_adapt.py)
         plan = adapt(module, **{k: getattr(self, k) for k in ADAPT_PARAMS},
                      pretrained_head=self.reuse_head, source_head=source_head, seed=seed)
-        train_idx, valid_idx = self._validation_split(len(data), stratify, seed)
         X_train, start = training_inputs(
             module, data, plan.prefix, preprocess, device, batch_size=self.batch_size,
             cache_size=self.cache_size, augment=self.augment, verbose=self.verbose)
@@ -255,7 +260,7 @@ class _BaseFineTuned(WeightsFileMixin, TransferEstimatorMixin, Trainer, BaseEsti
             penalty=self.penalty, alpha=float(self.alpha),
             backbone_lr_scale=float(self.backbone_lr_scale), layer_decay=self.layer_decay,
             new_prefixes=new_prefixes, weighted=weights is not None,
-            unfreeze_every=self.unfreeze_every, relationship=relationship,
+            unfreeze_every=self.unfreeze_every, relationship=relationship, head_l2=head_l2,
             **plan.net_params())
         with starting_at(module, start):
             module, history = self._train(net, dataset, train_idx, seed, device,
@@ -269,7 +274,31 @@ class _BaseFineTuned(WeightsFileMixin, TransferEstimatorMixin, Trainer, BaseEsti
         self.train_blocks_ = plan.trained
         self.history_ = history
         self.n_iter_ = len(history)
+        self.max_epochs_ = self._n_epochs(len(train_idx))
         return self
+
+    def _init_head(self, module, data, preprocess, device, y, weights, train_idx):
+        """``head_init="probe"``: fit the new head as a linear probe on the training
+        rows' pretrained features (``_heads.probe_head``); return its L2 strength
+        for the net, or ``None`` (a random or pretrained head: ``penalty`` covers it)."""
+        if self.head_init != "probe" or self.reuse_head:
+            return None
+        rows = torch.as_tensor(train_idx)
+        features = head_features(module, data, preprocess, device, self.batch_size)[rows]
+        return probe_head(module, features, y[rows].numpy(), classification=is_classifier(self),
+                          sample_weight=None if weights is None else weights[rows].numpy())
+
+    def _n_epochs(self, n_train):
+        if self.max_epochs != "auto":
+            return self.max_epochs
+        return auto_epochs(n_train, self.batch_size)
+
+    def _patience(self, epochs):
+        # with max_epochs="auto" an epoch of a small training set is a step or two:
+        # the patience covers at least a tenth of the budget
+        if self.max_epochs != "auto":
+            return self.n_iter_no_change
+        return max(self.n_iter_no_change, epochs // 10)
 
     def _sample_weights(self, data, y, sample_weight):
         """Per-sample weights as a float32 tensor, or ``None`` when all are equal."""
@@ -341,10 +370,12 @@ class FineTunedClassifier(ClassifierMixin, _BaseFineTuned):
     history_ : list of dict
         One dict per epoch: ``epoch``, ``train_loss`` (the objective: mean loss
         plus ``alpha * R(theta)``), ``train_data_loss`` (the mean loss alone),
-        ``valid_loss`` (with early stopping; never penalised), ``dur`` and
-        skorch's bookkeeping.
+        ``valid_loss`` (with early stopping; never penalised), ``train_steps``
+        (optimisation steps), ``dur`` and skorch's bookkeeping.
     n_iter_ : int
         Number of epochs run.
+    max_epochs_ : int
+        The epoch budget of this fit (``max_epochs``, or what ``"auto"`` gave).
     blocks_ : list of str
         The block names.
     freeze_depth_ : int
@@ -379,14 +410,14 @@ class FineTunedClassifier(ClassifierMixin, _BaseFineTuned):
     }
 
     def __init__(self, model=None, weights=None, *, freeze_depth=0, penalty="l2_sp",
-                 alpha=1e-3, lr=1e-3, backbone_lr_scale=0.1, layer_decay=None,
+                 alpha=1e-3, lr=1e-3, backbone_lr_scale=1.0, layer_decay=None,
                  lr_schedule=None, unfreeze_every=None,
                  train_blocks=None, train_params="all", adapter=None, adapter_rank=8,
                  adapter_alpha=16.0, bn="train", wise=1.0,
-                 augment=None, max_epochs=50,
+                 augment=None, max_epochs="auto",
                  batch_size=32,
                  optimizer="adamw", weight_decay=0.0, momentum=0.9, head_hidden_sizes=(),
-                 dropout=0.0, reuse_head=False, early_stopping=False,
+                 dropout=0.0, reuse_head=False, head_init="probe", early_stopping=False,
                  validation_fraction=0.1, n_iter_no_change=10, tol=1e-4, cache_size=1024,
                  random_state=None,
                  device="auto", accelerator=None, preprocess="auto", verbose=0,
@@ -401,7 +432,7 @@ class FineTunedClassifier(ClassifierMixin, _BaseFineTuned):
             max_epochs=max_epochs, batch_size=batch_size,
             optimizer=optimizer, weight_decay=weight_decay, momentum=momentum,
             head_hidden_sizes=head_hidden_sizes, dropout=dropout, reuse_head=reuse_head,
-            early_stopping=early_stopping, validation_fraction=validation_fraction,
+            head_init=head_init, early_stopping=early_stopping, validation_fraction=validation_fraction,
             n_iter_no_change=n_iter_no_change, tol=tol, cache_size=cache_size,
             random_state=random_state, device=device, accelerator=accelerator,
             preprocess=preprocess,
@@ -503,9 +534,12 @@ class FineTunedRegressor(RegressorMixin, _BaseFineTuned):
     n_features_in_ : int
         Number of input columns (2-D input only).
     history_ : list of dict
-        One dict per epoch (``epoch``, ``train_loss``, ``valid_loss``, ...).
+        One dict per epoch (``epoch``, ``train_loss``, ``valid_loss``,
+        ``train_steps``, ...).
     n_iter_ : int
         Number of epochs run.
+    max_epochs_ : int
+        The epoch budget of this fit (``max_epochs``, or what ``"auto"`` gave).
     blocks_ : list of str
         The block names.
     freeze_depth_ : int

@@ -6,6 +6,12 @@ parameters are new for the target task (they train at ``lr``; the other ones at
 their pretrained values). A new head reads the features the blocks give before
 the pretrained head; a feature map or a sequence of tokens is pooled first
 (``GlobalPool``).
+
+:func:`probe_head` makes the new head start where a linear probe ends (LP-FT,
+Kumar et al., ICLR 2022): the head's input is standardised with the training
+features' statistics (a fixed ``Standardize`` layer) and its linear layer takes
+the coefficients of scikit-learn's ``LogisticRegressionCV`` / ``RidgeCV`` fitted
+on those features; fine-tuning keeps the probe's own L2 strength on the head.
 """
 
 from __future__ import annotations
@@ -15,11 +21,23 @@ import warnings
 
 import numpy as np
 import torch
+from sklearn.exceptions import ConvergenceWarning
+from sklearn.linear_model import LogisticRegression, LogisticRegressionCV, RidgeCV
+from sklearn.model_selection import StratifiedKFold
 from torch import nn
 
 from ._blocknet import GlobalPool
+from ._inputs import iter_batches
 
-__all__ = ["attach_head", "check_hidden_sizes", "make_head"]
+__all__ = ["Standardize", "attach_head", "check_hidden_sizes", "head_features", "make_head",
+           "probe_head"]
+
+#: scikit-learn >= 1.9 changes LogisticRegressionCV's defaults: take the new ones now
+_LEGACY_OFF = ({"use_legacy_attributes": False, "l1_ratios": (0.0,)}
+               if "use_legacy_attributes" in LogisticRegressionCV().get_params() else {})
+
+#: the regularisation grids of the probe: C for the classifier, alpha for the regressor
+PROBE_GRID = np.logspace(-3, 3, 13)
 
 
 def check_hidden_sizes(head_hidden_sizes):
@@ -88,3 +106,110 @@ def attach_head(net, features, n_out, seed, *, reuse_head=False, hidden=(), drop
     net.has_head = True
     net.head_name = "head (new)"
     return ("head.",)
+
+
+class Standardize(nn.Module):
+    """``(x - mean) / scale`` with fixed statistics (buffers, saved with the weights).
+
+    The head's input as scikit-learn's ``StandardScaler`` would give it: a
+    constant feature gets scale 1.
+    """
+
+    def __init__(self, mean, scale):
+        super().__init__()
+        self.register_buffer("mean", torch.as_tensor(mean, dtype=torch.float32))
+        self.register_buffer("scale", torch.as_tensor(scale, dtype=torch.float32))
+
+    def forward(self, x):
+        return (x - self.mean) / self.scale
+
+
+def _fit_linear(Z, y, classification, n_out, weights):
+    """``(coef (n_out, d), intercept (n_out,), L2 strength of the head)``.
+
+    scikit-learn's regularised linear models, the strength chosen by their own
+    cross-validation: ``LogisticRegressionCV`` (stratified folds; a fixed C=1
+    when a class has a single sample) or ``RidgeCV`` (leave-one-out). The
+    strength is returned in the net's terms, ``loss + l2/2 * ||W||^2`` with the
+    loss a (weighted) mean over samples: ``1 / (C * sum(w))`` for the logistic
+    loss, ``2 * alpha / (sum(w) * n_out)`` for the squared error averaged over
+    the outputs; the optimum of fine-tuning the head alone is then the probe's.
+    """
+    total = float(weights.sum())
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        if not classification:
+            model = RidgeCV(alphas=PROBE_GRID).fit(Z, y, sample_weight=weights)
+            coef = np.asarray(model.coef_).reshape(n_out, -1)
+            intercept = np.asarray(model.intercept_).reshape(n_out)
+            return coef, intercept, 2.0 * float(model.alpha_) / (total * n_out)
+        present = np.unique(y)
+        smallest = int(np.bincount(y)[present].min())
+        if smallest >= 2:
+            folds = StratifiedKFold(min(3, smallest))
+            model = LogisticRegressionCV(Cs=PROBE_GRID, cv=folds, max_iter=1000,
+                                         scoring="neg_log_loss", **_LEGACY_OFF)
+            model.fit(Z, y, sample_weight=weights)
+            C = float(np.ravel(model.C_)[0])
+        else:
+            C = 1.0
+            model = LogisticRegression(C=C, max_iter=1000).fit(Z, y, sample_weight=weights)
+    w, b = model.coef_, model.intercept_
+    if len(present) == 2:  # one logit z for the second class: softmax([-z/2, z/2])
+        w, b = np.vstack([-w / 2, w / 2]), np.concatenate([-b / 2, b / 2])
+    coef = np.zeros((n_out, Z.shape[1]))
+    # a class absent from the training rows (validation split) is never predicted
+    intercept = np.full(n_out, float(b.min()) - 10.0)
+    coef[present], intercept[present] = w, b
+    return coef, intercept, 1.0 / (C * total)
+
+
+def probe_head(net, features, y, *, classification, sample_weight=None):
+    """Start ``net``'s new head from a linear probe on ``features``; return its L2 strength.
+
+    ``features`` are the pretrained network's outputs before the head for the
+    training rows, ``y`` the encoded targets (class codes, or an ``(n,
+    n_out)`` array). The head becomes ``[pool] -> Standardize -> ...``: a
+    linear head (with its dropout, if any) takes the probe's coefficients; an
+    MLP head (``head_hidden_sizes``) only gets the standardised input and keeps
+    its random initialisation, since a probe fits one linear layer. Returns the
+    probe's L2 strength for the head's weight (0.0 for an MLP head).
+    """
+    head = net.head
+    layers = list(head) if isinstance(head, nn.Sequential) else [head]
+    pool = [layers.pop(0)] if isinstance(layers[0], GlobalPool) else []
+    with torch.no_grad():
+        x = pool[0](features) if pool else features
+    F = x.double().cpu().numpy()
+    w = np.ones(len(F)) if sample_weight is None else np.asarray(sample_weight, np.float64)
+    # unweighted statistics, as a Pipeline(StandardScaler(), LogisticRegression())
+    # fitted with sample weights for the linear model would have them
+    mean, std = F.mean(axis=0), F.std(axis=0)
+    scale = np.where(std > 1e-12 * np.maximum(1.0, np.abs(mean)), std, 1.0)
+    net.head = nn.Sequential(*pool, Standardize(mean, scale), *layers)
+    if any(not isinstance(m, (nn.Linear, nn.Dropout)) for m in layers):
+        return 0.0  # an MLP head: standardised input, random layers
+    linear = layers[-1]
+    n_out = linear.out_features
+    y = np.asarray(y)
+    coef, intercept, l2 = _fit_linear((F - mean) / scale, y if classification else
+                                      y.reshape(len(y), -1), classification, n_out, w)
+    with torch.no_grad():
+        linear.weight.copy_(torch.as_tensor(coef, dtype=linear.weight.dtype))
+        linear.bias.copy_(torch.as_tensor(intercept, dtype=linear.bias.dtype))
+    return l2
+
+
+def head_features(net, data, preprocess, device, batch_size):
+    """The pretrained network's outputs before the head for every row of ``data``
+    (eval mode, no gradient; a float32 CPU tensor): the probe's input."""
+    was_training = net.training
+    net.to(device).eval()
+    parts = []
+    try:
+        with torch.inference_mode():
+            for batch in iter_batches(data, batch_size, preprocess, device):
+                parts.append(net.forward_features(batch).to("cpu", torch.float32))
+    finally:
+        net.train(was_training)
+    return torch.cat(parts)
