@@ -169,8 +169,10 @@ head_init : {"probe", "random"}, default="probe"
     (classifier; C in 1e-3..1e3, stratified 3-fold, log-loss; sample and
     class weights passed on) or ``RidgeCV`` (regressor, multi-output)
     fitted on the pretrained network's features of the training rows; the
-    head then keeps the probe's own L2 strength in place of ``penalty``, so
-    that with ``freeze_depth="all"`` the fit stays at the probe. Costs one
+    head then keeps the probe's own L2 strength in place of ``penalty``'s
+    term for the head, so that with ``freeze_depth="all"`` the fit stays at
+    the probe (with ``penalty=None`` nothing is regularised: the head only
+    starts at the probe). Costs one
     pass of the network over the training rows. An MLP head
     (``head_hidden_sizes``) gets the standardised input and a random
     initialisation. ``"random"``: PyTorch's initialisation (seeded), the

@@ -280,13 +280,19 @@ class _BaseFineTuned(WeightsFileMixin, TransferEstimatorMixin, Trainer, BaseEsti
     def _init_head(self, module, data, preprocess, device, y, weights, train_idx):
         """``head_init="probe"``: fit the new head as a linear probe on the training
         rows' pretrained features (``_heads.probe_head``); return its L2 strength
-        for the net, or ``None`` (a random or pretrained head: ``penalty`` covers it)."""
+        for the net, or ``None`` (a random or pretrained head: ``penalty`` covers it).
+
+        With ``penalty=None`` nothing is regularised, the probe head included: it
+        only starts where the probe ends (training a network from random weights,
+        a probe's strength fitted on random features would hold its head back).
+        """
         if self.head_init != "probe" or self.reuse_head:
             return None
         rows = torch.as_tensor(train_idx)
         features = head_features(module, data, preprocess, device, self.batch_size)[rows]
-        return probe_head(module, features, y[rows].numpy(), classification=is_classifier(self),
-                          sample_weight=None if weights is None else weights[rows].numpy())
+        l2 = probe_head(module, features, y[rows].numpy(), classification=is_classifier(self),
+                        sample_weight=None if weights is None else weights[rows].numpy())
+        return None if self.penalty is None else l2
 
     def _n_epochs(self, n_train):
         if self.max_epochs != "auto":
