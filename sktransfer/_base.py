@@ -166,8 +166,8 @@ class NetEstimatorMixin:
                 else:
                     host = torch.empty(part.shape, dtype=torch.float32, pin_memory=True)
                     host.copy_(part.float(), non_blocking=True)
-                    done = torch.cuda.Event()
-                    done.record()
+                    # the stream that runs the copy, on the estimator's GPU
+                    done = torch.cuda.current_stream(part.device).record_event()
                     if pending is not None:
                         _write(out, *pending)
                     pending = (host, done, start)

@@ -23,7 +23,7 @@ import torch
 from sklearn.utils._param_validation import StrOptions
 
 __all__ = ["DEVICE_CONSTRAINT", "resolve_device", "PRECISION_CONSTRAINT", "autocast_dtype",
-           "check_precision", "autocast", "pinned", "to_device", "MixedPrecision"]
+           "check_precision", "autocast", "grad_scaler", "pinned", "to_device", "MixedPrecision"]
 
 #: scikit-learn constraint of every estimator's ``device``; which strings name a
 #: device (``"cuda:1"``) and whether it exists here, constraints cannot express:
@@ -90,7 +90,8 @@ def _unsupported(precision, dtype, dev):
                     f"{props.name} has capability {props.major}.{props.minor}. Use "
                     "precision='16-mixed' on this GPU, or '32'.")
         return None
-    if not torch.amp.is_autocast_available(dev.type):
+    available = getattr(torch.amp, "is_autocast_available", None)  # torch >= 2.4
+    if available is not None and not available(dev.type):
         return (f"precision={precision!r}: torch {torch.__version__} has no autocast on "
                 f"{dev.type!r} devices; use precision='32' there.")
     return None
@@ -130,6 +131,16 @@ def autocast(device, dtype):
     if dtype is None:
         return contextlib.nullcontext()
     return torch.autocast(torch.device(device).type, dtype=dtype)
+
+
+def grad_scaler(device_type):
+    """A ``GradScaler`` for float16 autocast on ``device_type`` (torch >= 2.1)."""
+    if hasattr(torch.amp, "GradScaler"):  # torch >= 2.3
+        return torch.amp.GradScaler(device_type)
+    if device_type != "cuda":  # pragma: no cover - torch < 2.3 scales on CUDA only
+        raise ValueError(f"torch {torch.__version__} has no gradient scaler for "
+                         f"{device_type!r}; use precision='bf16' or '32' there.")
+    return torch.cuda.amp.GradScaler()  # pragma: no cover - torch < 2.3
 
 
 # -- host-to-device feeding -------------------------------------------------------------
@@ -190,7 +201,7 @@ class MixedPrecision:
         device = self.device
         # under accelerate (device None) the accelerator owns precision and placement
         self._amp = None if device is None else autocast_dtype(self.precision, device)
-        self._scaler = (torch.amp.GradScaler(torch.device(device).type)
+        self._scaler = (grad_scaler(torch.device(device).type)
                         if self._amp == torch.float16 else None)
 
     def _feed(self, batch):
