@@ -80,3 +80,42 @@ def test_failing_and_hanging_rows_do_not_stop_the_run(check, tmp_path, monkeypat
     assert "| planted passes | fine / with a pipe | ok |" in text  # the table stays a table
     # the run leaves the process's signal handlers as it found them
     assert signal.getsignal(signal.SIGALRM) is not check._on_alarm
+
+
+def test_dependency_check_names_what_is_missing(check):
+    lines = []
+    missing = check.check_dependencies(
+        required=[("numpy", "numpy"), ("no_such_module_sktransfer", "no-such-package")],
+        optional=[("another_missing_module_sktransfer", "extra-package", "the extra row")],
+        out=lines.append)
+    assert missing == ["no-such-package"]  # optional packages are never "missing"
+    assert lines[0].startswith("  required numpy: ")
+    assert "required no-such-package: MISSING (ModuleNotFoundError" in lines[1]
+    assert lines[2].endswith("the extra row is skipped")
+
+
+def test_budget_stops_starting_rows_and_the_table_is_written_after_every_row(
+        check, tmp_path, monkeypatch):
+    if not hasattr(signal, "SIGALRM"):
+        pytest.skip("per-row time limits need SIGALRM")
+    out = tmp_path / "table.md"
+    seen = []
+
+    def slow(ctx):
+        seen.append(out.read_text())  # what a run killed now would leave behind
+        time.sleep(30)
+
+    planted = [{"name": f"planted {i}", "fn": slow, "cuda": False, "short": True,
+                "timeout": None} for i in range(2)]
+    monkeypatch.setattr(check, "ROWS", check.ROWS[:1] + planted)
+    start = time.perf_counter()
+    status = check.main(["--device", "cpu", "--short", "--only", "planted", "--budget", "5",
+                         "--out", str(out)])
+    assert time.perf_counter() - start < 25
+    assert status == 1
+    text = out.read_text()
+    # the first slow row is cut where the budget ends, the next one never starts
+    assert "| planted 0 | timed out after " in text
+    assert "| planted 1 | not run: the budget of 5 s was spent | skipped |" in text
+    assert "PARTIAL" in seen[0] and "| warm-up" in seen[0] and "planted" not in seen[0]
+    assert "PARTIAL" not in text
