@@ -161,7 +161,7 @@ class NetEstimatorMixin:
                 part = fn(batch)
                 if out is None:
                     out = torch.empty((len(data), *part.shape[1:]), dtype=torch.float32)
-                if not overlap:
+                if not (overlap and part.is_cuda):
                     out[start:start + len(part)] = part.to("cpu", torch.float32)
                 else:
                     host = torch.empty(part.shape, dtype=torch.float32, pin_memory=True)
