@@ -23,6 +23,7 @@ from ._base import (
     unchanged_on_error,
 )
 from ._blocks import check_freeze_depth, freeze_blocks
+from ._device import check_precision
 from ._docstrings import fill_doc
 from ._heads import attach_head, check_hidden_sizes
 from ._inputs import source_nan_columns, validate_input
@@ -78,8 +79,8 @@ class _BaseFineTuned(WeightsFileMixin, TransferEstimatorMixin, Trainer, BaseEsti
                  dropout=0.0, reuse_head=False, early_stopping=False,
                  validation_fraction=0.1, n_iter_no_change=10, tol=1e-4, cache_size=1024,
                  random_state=None,
-                 device="auto", accelerator=None, preprocess="auto", verbose=0,
-                 net_kwargs=None):
+                 device="auto", precision="32", accelerator=None, preprocess="auto",
+                 verbose=0, net_kwargs=None):
         self.model = model
         self.weights = weights
         self.freeze_depth = freeze_depth
@@ -106,6 +107,7 @@ class _BaseFineTuned(WeightsFileMixin, TransferEstimatorMixin, Trainer, BaseEsti
         self.cache_size = cache_size
         self.random_state = random_state
         self.device = device
+        self.precision = precision
         self.accelerator = accelerator
         self.preprocess = preprocess
         self.verbose = verbose
@@ -204,6 +206,7 @@ class _BaseFineTuned(WeightsFileMixin, TransferEstimatorMixin, Trainer, BaseEsti
             The fitted estimator.
         """
         accelerator, device = resolve_accelerator(self.accelerator, self.device)
+        amp = check_precision(self.precision, device, accelerator)
         check_single_process_only(accelerator, unfreeze_every=self.unfreeze_every)
         data, y = validate_input(self, X, reset=True, y=y, y_kwargs=self._y_kwargs(),
                                  nan_columns=source_nan_columns(self.model))
@@ -222,7 +225,7 @@ class _BaseFineTuned(WeightsFileMixin, TransferEstimatorMixin, Trainer, BaseEsti
         train_idx, valid_idx = self._validation_split(len(data), stratify, seed)
         X_train, start = training_inputs(
             module, data, depth, preprocess, device, batch_size=self.batch_size,
-            cache_size=self.cache_size, augment=self.augment, verbose=self.verbose)
+            cache_size=self.cache_size, augment=self.augment, verbose=self.verbose, amp=amp)
         dataset = BatchDataset(X_train, y_tensor, preprocess, sample_weight=weights)
         net = self._make_net(
             module, dataset, train_idx, valid_idx, device, accelerator, freeze_depth=depth,
@@ -356,8 +359,8 @@ class FineTunedClassifier(ClassifierMixin, _BaseFineTuned):
                  dropout=0.0, reuse_head=False, early_stopping=False,
                  validation_fraction=0.1, n_iter_no_change=10, tol=1e-4, cache_size=1024,
                  random_state=None,
-                 device="auto", accelerator=None, preprocess="auto", verbose=0,
-                 net_kwargs=None, class_weight=None):
+                 device="auto", precision="32", accelerator=None, preprocess="auto",
+                 verbose=0, net_kwargs=None, class_weight=None):
         super().__init__(
             model=model, weights=weights, freeze_depth=freeze_depth, penalty=penalty,
             alpha=alpha, lr=lr, backbone_lr_scale=backbone_lr_scale, layer_decay=layer_decay,
@@ -367,8 +370,8 @@ class FineTunedClassifier(ClassifierMixin, _BaseFineTuned):
             head_hidden_sizes=head_hidden_sizes, dropout=dropout, reuse_head=reuse_head,
             early_stopping=early_stopping, validation_fraction=validation_fraction,
             n_iter_no_change=n_iter_no_change, tol=tol, cache_size=cache_size,
-            random_state=random_state, device=device, accelerator=accelerator,
-            preprocess=preprocess,
+            random_state=random_state, device=device, precision=precision,
+            accelerator=accelerator, preprocess=preprocess,
             verbose=verbose, net_kwargs=net_kwargs,
         )
         self.class_weight = class_weight

@@ -30,6 +30,7 @@ from skorch import NeuralNet
 
 from ._accelerate import unwrap_module
 from ._blocks import keep_frozen_in_eval, set_trainable_from, unfreeze_depth
+from ._device import MixedPrecision
 from ._inputs import InputData, make_batch
 from ._penalties import add_gradient, penalty_and_gradient, penalty_value
 
@@ -129,7 +130,7 @@ class RollbackOnInterrupt:
             raise
 
 
-class TransferNet(RollbackOnInterrupt, NeuralNet):
+class TransferNet(RollbackOnInterrupt, MixedPrecision, NeuralNet):
     """skorch ``NeuralNet`` with frozen blocks, per-block learning rates and a penalty.
 
     Parameters (beyond skorch's)
