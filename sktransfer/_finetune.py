@@ -318,6 +318,9 @@ class FineTunedClassifier(ClassifierMixin, _BaseFineTuned):
     ``lr * backbone_lr_scale`` while the head trains at ``lr``, minimising the
     mean cross-entropy plus ``alpha * R(theta)``. Training runs in a private
     skorch ``NeuralNet``; every ``fit`` starts again from the pretrained weights.
+    Other adaptation methods (WiSE-FT, BitFit, LoRA, surgical blocks, ...) are
+    parameters too, for a search to choose from (user guide: "Adaptation
+    methods").
 
     Parameters
     ----------
@@ -371,6 +374,14 @@ class FineTunedClassifier(ClassifierMixin, _BaseFineTuned):
     ...                           random_state=0, device="cpu").fit(X, y)
     >>> clf.predict(X[:3]).shape
     (3,)
+
+    One candidate per adaptation method, chosen by cross-validation:
+
+    >>> from sklearn.model_selection import GridSearchCV
+    >>> methods = [{}, {"wise": [0.5]}, {"train_params": ["bias"]}, {"train_blocks": [[0]]}]
+    >>> search = GridSearchCV(clf, methods, cv=2).fit(X, y)
+    >>> len(search.cv_results_["params"])
+    4
     """
 
     _parameter_constraints = {
