@@ -15,6 +15,8 @@ Tasks (``--tasks``: a name or a group, e.g. ``digits``):
   with 16, 32, 64 channels, max-pooling after the first two, AdaptiveAvgPool,
   Linear(64, 64), Linear(64, 5)) trained with plain skorch on the digits 0-4
   (Adam, lr 1e-3, 15 epochs, batch 64).
+- ``digits-bn-5``, ``digits-bn-10``: the same task with a BatchNorm after
+  each conv of the source CNN (for the rows that need normalisation layers).
 - ``shifted-5``, ``shifted-25``: the main example's task, digits on a 12x12
   canvas (:func:`~sktransfer.datasets.load_shifted_digits`); source:
   :func:`~sktransfer.datasets.make_digits_cnn` trained with plain skorch
@@ -46,6 +48,17 @@ Methods (``--methods``; the registry ``METHODS`` maps a name to
 - ``grid``: ``GridSearchCV`` of the same over ``freeze_depth`` (every depth the
   task's network has, up to 2, and ``"all"``) x ``alpha`` {1e-3, 1e-2, 1e-1},
   cv=3.
+- one row per adaptation method, the defaults plus: ``wise`` (``wise=0.5``),
+  ``bitfit`` (``train_params="bias"``), ``norm_only`` (``"norm"``) and
+  ``bn_frozen`` (``bn="frozen"``) on the BatchNorm tasks, ``lora``
+  (``adapter="lora"``), ``surgical_first`` / ``surgical_last``
+  (``train_blocks=[0]`` / ``[-1]``), ``bss`` (``penalty="bss"``, the paper's
+  ``alpha=1e-3``), ``co_tuning`` (``penalty="co_tuning", alpha=1.0``) on the
+  classification tasks whose source has a classification head;
+- ``methods``: ``GridSearchCV`` (cv=3) over the defaults and every method
+  that applies to the task (the rows above), one candidate each.
+
+A method that does not apply to a task leaves its cell empty.
 
 ``--set lr=3e-3 backbone_lr_scale=1.0`` sets parameters of every sktransfer
 method (``defaults``, ``grid``); a method written ``defaults:lr=1e-3,max_epochs=60``
@@ -122,6 +135,18 @@ def digits_cnn(n_out=5, seed=0):
         nn.Conv2d(1, 16, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
         nn.Conv2d(16, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
         nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+        nn.Linear(64, 64), nn.ReLU(),
+        nn.Linear(64, n_out),
+    ), seed)
+
+
+def digits_bn_cnn(n_out=5, seed=0):
+    """``digits_cnn`` with a BatchNorm after each conv (7 blocks)."""
+    return seeded(lambda: nn.Sequential(
+        nn.Conv2d(1, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(16, 32, 3, padding=1), nn.BatchNorm2d(32), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(32, 64, 3, padding=1), nn.BatchNorm2d(64), nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(),
         nn.Linear(64, 64), nn.ReLU(),
         nn.Linear(64, n_out),
     ), seed)
@@ -216,6 +241,8 @@ class Task:
     network: object
     freeze_depths: tuple
     preprocess: object = None  # fitted transformer in front of the scratch network
+    has_bn: bool = False  # the source has BatchNorm layers
+    source_classes: bool = True  # the source has a classification head (Co-Tuning)
     device: str = "cpu"  # where every method trains (--device)
     sources: dict = field(default_factory=dict, repr=False)
 
@@ -270,6 +297,10 @@ def pretrain_source(key, quick=False):
         d = load_digits_transfer(1, random_state=0)
         return skorch_pretrain(digits_cnn(5, seed=0), d.X_source, d.y_source, lr=1e-3,
                                epochs=epochs or 15)
+    if key == "digits-bn":
+        d = load_digits_transfer(1, random_state=0)
+        return skorch_pretrain(digits_bn_cnn(5, seed=0), d.X_source, d.y_source, lr=1e-3,
+                               epochs=epochs or 15)
     if key == "shifted":
         d = load_shifted_digits(None)
         return skorch_pretrain(make_digits_cnn(5, random_state=0), d.X_source, d.y_source,
@@ -294,6 +325,11 @@ def make_tasks():
         for n in (5, 10, 30)
     ]
     tasks += [
+        Task(f"digits-bn-{n}", "digits-bn", False, partial(_digits_draw, n), "digits-bn", 64,
+             lambda n_out, seed: digits_bn_cnn(n_out, seed), (0, 1, 2, "all"), has_bn=True)
+        for n in (5, 10)
+    ]
+    tasks += [
         Task(f"shifted-{n}", "shifted", False, partial(_shifted_draw, n), "shifted", 64,
              lambda n_out, seed: make_digits_cnn(n_out, random_state=seed), (0, 1, 2, "all"))
         for n in (5, 25)
@@ -301,14 +337,14 @@ def make_tasks():
     tasks += [
         Task(f"synth-{kind}", "synth", kind == "reg", partial(_synth_draw, kind == "reg", 150),
              "synth", 32, lambda n_out, seed: mlp(20, (64, 64, 32), n_out, seed),
-             (0, 1, 2, "all"))
+             (0, 1, 2, "all"), source_classes=False)
         for kind in ("clf", "reg")
     ]
     unlabeled = load_digits_table(1, random_state=0).X_unlabeled
     tasks.append(Task(
         "pretrain-5", "pretrain", False, partial(_table_draw, 5), "pretrain", 256,
         lambda n_out, seed: mlp(unlabeled.shape[1], (256, 256), n_out, seed), (0, 1, "all"),
-        preprocess=FrozenEstimator(StandardScaler().fit(unlabeled)),
+        preprocess=FrozenEstimator(StandardScaler().fit(unlabeled)), source_classes=False,
     ))
     return tasks
 
@@ -322,14 +358,21 @@ class Method:
     factory: object
     label: str
     sktransfer: bool  # takes the --set parameters
+    applies: object = None  # applies(task) -> bool; None: every task
 
 
-def register(name, label, sktransfer=False):
-    """Add a row: ``factory(task, draw, **params)`` returns an unfitted estimator."""
+def register(name, label, sktransfer=False, applies=None):
+    """Add a row: ``factory(task, draw, **params)`` returns an unfitted estimator;
+    ``applies(task)`` says on which tasks it runs (default: all)."""
     def decorate(factory):
-        METHODS[name] = Method(factory, label, sktransfer)
+        METHODS[name] = Method(factory, label, sktransfer, applies)
         return factory
     return decorate
+
+
+def applies(spec, task):
+    method = METHODS[parse_method(spec)[0]]
+    return method.applies is None or method.applies(task)
 
 
 def _plain(task, draw, make_module, quick, preprocess=None):
@@ -398,6 +441,45 @@ def grid(task, draw, quick=False, **params):
     return GridSearchCV(_sktransfer(task, draw, quick, params), grid, cv=3)
 
 
+# the adaptation methods: (name, label, parameters, applies(task) or None)
+ADAPTATIONS = [
+    ("wise", "WiSE-FT", {"wise": 0.5}, None),
+    ("bitfit", "BitFit", {"train_params": "bias"}, None),
+    ("norm_only", "norm layers only", {"train_params": "norm"}, lambda t: t.has_bn),
+    ("bn_frozen", "BatchNorm frozen", {"bn": "frozen"}, lambda t: t.has_bn),
+    ("lora", "LoRA", {"adapter": "lora"}, None),
+    ("surgical_first", "surgical, first block", {"train_blocks": [0]}, None),
+    ("surgical_last", "surgical, last block", {"train_blocks": [-1]}, None),
+    ("bss", "BSS", {"penalty": "bss"}, None),
+    ("co_tuning", "Co-Tuning", {"penalty": "co_tuning", "alpha": 1.0},
+     lambda t: t.source_classes and not t.regression),
+]
+
+
+def _adaptation(settings):
+    def factory(task, draw, quick=False, **params):
+        return _sktransfer(task, draw, quick, {**settings, **params})
+    return factory
+
+
+for _name, _label, _settings, _applies in ADAPTATIONS:
+    _text = ", ".join(f"{k}={v!r}" for k, v in _settings.items())
+    register(_name, f"{_label} ({_text})", sktransfer=True, applies=_applies)(
+        _adaptation(_settings))
+
+
+@register("methods", "GridSearchCV over the methods", sktransfer=True)
+def methods(task, draw, quick=False, **params):
+    grid = [{}]  # the defaults: plain fine-tuning
+    for _, _, settings, fits in ADAPTATIONS:
+        if fits is None or fits(task):
+            grid.append({k: [v] for k, v in settings.items()})
+    if quick:
+        grid = grid[:2]
+    grid = [{k: v for k, v in g.items() if k not in params} for g in grid]
+    return GridSearchCV(_sktransfer(task, draw, quick, params), grid, cv=3)
+
+
 # -- running ------------------------------------------------------------------------
 def parse_value(text):
     """``"1e-3"`` -> 0.001, ``"all"`` -> "all", ``"None"`` -> None, ``"(8,)"`` -> (8,)."""
@@ -462,7 +544,8 @@ def markdown(rows, tasks, specs, key="score", fmt="{:.3f}"):
     for spec in specs:
         cells = []
         for t in tasks:
-            vals = np.array([r[key] for r in rows if r["task"] == t.name and r["method"] == spec])
+            vals = np.array([r[key] for r in rows
+                             if r["task"] == t.name and r["method"] == spec])
             cell = fmt.format(vals.mean()) if len(vals) else ""
             if len(vals) > 1:
                 cell += " ± " + fmt.format(vals.std(ddof=1))
@@ -507,7 +590,8 @@ def main(argv=None):
     for t in tasks:
         t.sources, t.device = {t.source_key: sources[t.source_key]}, args.device
     pretrain_s = time.perf_counter() - start
-    jobs = [(t, seed, spec) for t in tasks for seed in range(draws) for spec in specs]
+    jobs = [(t, seed, spec) for t in tasks for seed in range(draws) for spec in specs
+            if applies(spec, t)]
     rows = Parallel(n_jobs=args.n_jobs)(
         delayed(run_one)(t, seed, spec, {**params, **parse_method(spec)[1]}, args.quick)
         for t, seed, spec in jobs)

@@ -66,14 +66,22 @@ freeze_depth : int or "all", default=0
     Number of leading blocks to freeze (see :func:`list_blocks`); ``"all"``
     trains the head only. Frozen parameters are left out of the optimizer,
     stay bit-for-bit unchanged, and their BatchNorm/Dropout stay in eval mode.
-penalty : {"l2_sp", "l2", "l1"} or None, default="l2_sp"
+penalty : {"l2_sp", "l2", "l1", "bss", "co_tuning"} or None, default="l2_sp"
     The regulariser ``R``. ``"l2_sp"``: ``1/2 ||theta - theta_s||^2`` over the
     trainable pretrained parameters plus ``1/2 ||theta||^2`` over the new
     head (Li et al., 2018); ``"l2"``: ``1/2 ||theta||^2``; ``"l1"``:
-    ``||theta||_1``; sums over trainable parameters.
+    ``||theta||_1``; sums over trainable parameters. ``"bss"``: batch
+    spectral shrinkage (Chen et al., 2019), the square of the smallest
+    singular value of each batch's features (the head's input).
+    ``"co_tuning"`` (classifier only, You et al., 2020): the pretrained head
+    trains next to the new one, toward ``p(z | y)``, the pretrained model's
+    mean source-class probabilities over the training samples of each target
+    class (the relationship LEEP computes); ``R`` is its cross-entropy, and
+    the pretrained head is dropped after ``fit``.
 alpha : float, default=1e-3
     Strength ``lambda`` of the penalty in ``mean loss + alpha * R(theta)``,
-    added on every training batch (never to the validation loss).
+    added on every training batch (never to the validation loss). The
+    papers' values: ``"bss"`` 1e-3, ``"co_tuning"`` about 1 to 3.
 lr : float, default=1e-3
     Learning rate of the head (and any new parameters).
 backbone_lr_scale : float, default=0.1
@@ -96,6 +104,46 @@ unfreeze_every : int or None, default=None
     for ``unfreeze_every`` epochs, then unfreeze one more block from the top
     every ``unfreeze_every`` epochs, down to ``freeze_depth``. ``history_``
     records ``trainable_from``, the first trainable block, at each epoch.
+train_blocks : list of int or None, default=None
+    Surgical fine-tuning (Lee et al., 2023): exactly these blocks (indices
+    as in :func:`list_blocks`, negative from the end) and the head train,
+    e.g. ``[0]`` when the inputs changed more than the labels. Replaces
+    ``freeze_depth``, which must then be 0; the blocks in front of the
+    first one are frozen-prefix cached, frozen blocks between trained ones
+    run in eval mode on every batch. Not with ``unfreeze_every``.
+train_params : {"all", "bias", "norm"}, default="all"
+    Which parameters of the trained blocks train (the head always does):
+    ``"bias"`` the biases only (BitFit, Ben Zaken et al., 2022), ``"norm"``
+    the normalisation layers' only (BatchNorm, LayerNorm, GroupNorm, ...).
+    The rest stay bit-for-bit unchanged. With ``adapter``, which of the
+    blocks' own parameters train besides the adapters (``"all"``: none).
+adapter : {"lora"} or None, default=None
+    ``"lora"``: low-rank adapters (Hu et al., 2022), through peft, on the
+    Linear, Conv and MultiheadAttention layers of the trained blocks (not
+    grouped convolutions, whose adapters peft cannot merge): their weights
+    stay fixed and ``W + (adapter_alpha / adapter_rank) B A`` learns ``A``
+    and ``B`` (``B`` starts at 0), at ``lr`` like the head. After ``fit``
+    the adapters are merged into the weights, so ``module_``, predictions,
+    pickles and :meth:`save_weights` need no peft. Needs ``pip install peft``.
+adapter_rank : int, default=8
+    The rank of the adapters.
+adapter_alpha : float, default=16.0
+    The adapters' scaling numerator: their output is scaled by
+    ``adapter_alpha / adapter_rank`` (peft's ``lora_alpha``).
+bn : {"train", "frozen"}, default="train"
+    BatchNorm layers of the trained blocks: ``"train"`` normalises with the
+    batch's statistics and updates the running ones; ``"frozen"`` keeps them
+    in eval mode, with the pretrained running statistics, unchanged (their
+    scale and shift still train). Small batches from few labels give noisy
+    statistics. Frozen blocks always keep theirs.
+wise : float in [0, 1], default=1.0
+    WiSE-FT (Wortsman et al., 2022): after training, every pretrained
+    tensor that moved ends at ``(1 - wise) * theta_s + wise * theta_ft``
+    (BatchNorm statistics too); ``1.0`` is plain fine-tuning, ``0.0`` keeps
+    the pretrained blocks. A new head keeps its fine-tuned weights (it has
+    no pretrained value; the paper interpolates its head because it starts
+    from the zero-shot one); with ``reuse_head=True`` the head is
+    interpolated too. Frozen tensors stay bit-for-bit the pretrained ones.
 augment : callable or None, default=None
     Train-time augmentation: called on every training batch (a float32
     tensor ``(n, ...)`` on the CPU, after preprocessing) and returns the

@@ -7,7 +7,13 @@ from abc import ABCMeta, abstractmethod
 
 import numpy as np
 import torch
-from sklearn.base import BaseEstimator, ClassifierMixin, RegressorMixin, _fit_context
+from sklearn.base import (
+    BaseEstimator,
+    ClassifierMixin,
+    RegressorMixin,
+    _fit_context,
+    is_classifier,
+)
 from sklearn.preprocessing import LabelEncoder
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.multiclass import check_classification_targets
@@ -16,6 +22,7 @@ from skorch.callbacks import PassthroughScoring
 from torch import nn
 
 from ._accelerate import check_single_process_only, resolve_accelerator
+from ._adapt import ADAPT_CONSTRAINTS, ADAPT_PARAMS, adapt, source_relationship, take_source_head
 from ._base import (
     TransferEstimatorMixin,
     one_fit_at_a_time,
@@ -54,12 +61,13 @@ class _BaseFineTuned(WeightsFileMixin, TransferEstimatorMixin, Trainer, BaseEsti
         # the upper bound is the number of blocks, known in fit: check_freeze_depth
         "freeze_depth": [Interval(numbers.Integral, 0, None, closed="left"),
                          StrOptions({"all"})],
-        "penalty": [StrOptions({"l2", "l1", "l2_sp"}), None],
+        "penalty": [StrOptions({"l2", "l1", "l2_sp", "bss", "co_tuning"}), None],
         "alpha": [Interval(numbers.Real, 0, None, closed="left")],
         "backbone_lr_scale": [Interval(numbers.Real, 0, None, closed="left")],
         "layer_decay": [Interval(numbers.Real, 0, 1, closed="right"), None],
         "lr_schedule": [StrOptions({"cosine", "warmup_cosine", "onecycle"}), None],
         "unfreeze_every": [Interval(numbers.Integral, 1, None, closed="left"), None],
+        **ADAPT_CONSTRAINTS,  # train_blocks, train_params, adapter, bn, wise, ...
         "augment": [callable, None],
         # a class that must subclass torch.optim.Optimizer: checked in _optimizer
         "optimizer": [StrOptions(set(_OPTIMIZERS)), type],
@@ -73,7 +81,10 @@ class _BaseFineTuned(WeightsFileMixin, TransferEstimatorMixin, Trainer, BaseEsti
 
     def __init__(self, model=None, weights=None, *, freeze_depth=0, penalty="l2_sp",
                  alpha=1e-3, lr=1e-3, backbone_lr_scale=0.1, layer_decay=None,
-                 lr_schedule=None, unfreeze_every=None, augment=None, max_epochs=50,
+                 lr_schedule=None, unfreeze_every=None,
+                 train_blocks=None, train_params="all", adapter=None, adapter_rank=8,
+                 adapter_alpha=16.0, bn="train", wise=1.0,
+                 augment=None, max_epochs=50,
                  batch_size=32,
                  optimizer="adamw", weight_decay=0.0, momentum=0.9, head_hidden_sizes=(),
                  dropout=0.0, reuse_head=False, early_stopping=False,
@@ -91,6 +102,13 @@ class _BaseFineTuned(WeightsFileMixin, TransferEstimatorMixin, Trainer, BaseEsti
         self.layer_decay = layer_decay
         self.lr_schedule = lr_schedule
         self.unfreeze_every = unfreeze_every
+        self.train_blocks = train_blocks
+        self.train_params = train_params
+        self.adapter = adapter
+        self.adapter_rank = adapter_rank
+        self.adapter_alpha = adapter_alpha
+        self.bn = bn
+        self.wise = wise
         self.augment = augment
         self.max_epochs = max_epochs
         self.batch_size = batch_size
@@ -221,27 +239,37 @@ class _BaseFineTuned(WeightsFileMixin, TransferEstimatorMixin, Trainer, BaseEsti
         resolved = self._resolve_pretrained(seed)
         preprocess = self._preprocess_fn(resolved)
         features = self._probe(resolved, data, preprocess, seed)
-        module, depth, new_prefixes = self._build_module(resolved, features, n_out, seed)
+        source_head = None if self.penalty != "co_tuning" else take_source_head(
+            resolved.net, features, classification=is_classifier(self),
+            reuse_head=self.reuse_head)
+        module, _, new_prefixes = self._build_module(resolved, features, n_out, seed)
+        # which blocks and parameters train, adapters, WiSE-FT's theta_s (_adapt.py)
+        plan = adapt(module, **{k: getattr(self, k) for k in ADAPT_PARAMS},
+                     pretrained_head=self.reuse_head, source_head=source_head, seed=seed)
         train_idx, valid_idx = self._validation_split(len(data), stratify, seed)
         X_train, start = training_inputs(
-            module, data, depth, preprocess, device, batch_size=self.batch_size,
+            module, data, plan.prefix, preprocess, device, batch_size=self.batch_size,
             cache_size=self.cache_size, augment=self.augment, verbose=self.verbose, amp=amp)
         dataset = BatchDataset(X_train, y_tensor, preprocess, sample_weight=weights)
+        relationship = None if source_head is None else source_relationship(
+            module, dataset, train_idx, y_tensor, n_out, start, self.batch_size)
         net = self._make_net(
-            module, dataset, train_idx, valid_idx, device, accelerator, freeze_depth=depth,
+            module, dataset, train_idx, valid_idx, device, accelerator,
             penalty=self.penalty, alpha=float(self.alpha),
             backbone_lr_scale=float(self.backbone_lr_scale), layer_decay=self.layer_decay,
             new_prefixes=new_prefixes, weighted=weights is not None,
-            unfreeze_every=self.unfreeze_every)
+            unfreeze_every=self.unfreeze_every, relationship=relationship,
+            **plan.net_params())
         with starting_at(module, start):
             module, history = self._train(net, dataset, train_idx, seed, device,
                                           "pretrained blocks, new head", augment=self.augment)
-        self.module_ = module
+        self.module_ = plan.finish(module)
         self.device_ = device
         self._preprocess = preprocess
         self._source_input_shape = resolved.input_shape
         self.blocks_ = list(module.block_names)
-        self.freeze_depth_ = depth
+        self.freeze_depth_ = plan.prefix
+        self.train_blocks_ = plan.trained
         self.history_ = history
         self.n_iter_ = len(history)
         return self
@@ -293,6 +321,9 @@ class FineTunedClassifier(ClassifierMixin, _BaseFineTuned):
     ``lr * backbone_lr_scale`` while the head trains at ``lr``, minimising the
     mean cross-entropy plus ``alpha * R(theta)``. Training runs in a private
     skorch ``NeuralNet``; every ``fit`` starts again from the pretrained weights.
+    Other adaptation methods (WiSE-FT, BitFit, LoRA, surgical blocks, ...) are
+    parameters too, for a search to choose from (user guide: "Adaptation
+    methods").
 
     Parameters
     ----------
@@ -323,7 +354,9 @@ class FineTunedClassifier(ClassifierMixin, _BaseFineTuned):
     blocks_ : list of str
         The block names.
     freeze_depth_ : int
-        The number of frozen blocks.
+        The number of leading frozen blocks.
+    train_blocks_ : list of int
+        The blocks that trained (besides the head).
 
     See Also
     --------
@@ -344,6 +377,14 @@ class FineTunedClassifier(ClassifierMixin, _BaseFineTuned):
     ...                           random_state=0, device="cpu").fit(X, y)
     >>> clf.predict(X[:3]).shape
     (3,)
+
+    One candidate per adaptation method, chosen by cross-validation:
+
+    >>> from sklearn.model_selection import GridSearchCV
+    >>> methods = [{}, {"wise": [0.5]}, {"train_params": ["bias"]}, {"train_blocks": [[0]]}]
+    >>> search = GridSearchCV(clf, methods, cv=2).fit(X, y)
+    >>> len(search.cv_results_["params"])
+    4
     """
 
     _parameter_constraints = {
@@ -353,7 +394,10 @@ class FineTunedClassifier(ClassifierMixin, _BaseFineTuned):
 
     def __init__(self, model=None, weights=None, *, freeze_depth=0, penalty="l2_sp",
                  alpha=1e-3, lr=1e-3, backbone_lr_scale=0.1, layer_decay=None,
-                 lr_schedule=None, unfreeze_every=None, augment=None, max_epochs=50,
+                 lr_schedule=None, unfreeze_every=None,
+                 train_blocks=None, train_params="all", adapter=None, adapter_rank=8,
+                 adapter_alpha=16.0, bn="train", wise=1.0,
+                 augment=None, max_epochs=50,
                  batch_size=32,
                  optimizer="adamw", weight_decay=0.0, momentum=0.9, head_hidden_sizes=(),
                  dropout=0.0, reuse_head=False, early_stopping=False,
@@ -364,7 +408,10 @@ class FineTunedClassifier(ClassifierMixin, _BaseFineTuned):
         super().__init__(
             model=model, weights=weights, freeze_depth=freeze_depth, penalty=penalty,
             alpha=alpha, lr=lr, backbone_lr_scale=backbone_lr_scale, layer_decay=layer_decay,
-            lr_schedule=lr_schedule, unfreeze_every=unfreeze_every, augment=augment,
+            lr_schedule=lr_schedule, unfreeze_every=unfreeze_every,
+            train_blocks=train_blocks, train_params=train_params, adapter=adapter,
+            adapter_rank=adapter_rank, adapter_alpha=adapter_alpha, bn=bn, wise=wise,
+            augment=augment,
             max_epochs=max_epochs, batch_size=batch_size,
             optimizer=optimizer, weight_decay=weight_decay, momentum=momentum,
             head_hidden_sizes=head_hidden_sizes, dropout=dropout, reuse_head=reuse_head,
@@ -476,7 +523,9 @@ class FineTunedRegressor(RegressorMixin, _BaseFineTuned):
     blocks_ : list of str
         The block names.
     freeze_depth_ : int
-        The number of frozen blocks.
+        The number of leading frozen blocks.
+    train_blocks_ : list of int
+        The blocks that trained (besides the head).
 
     See Also
     --------

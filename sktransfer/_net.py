@@ -16,10 +16,17 @@ override small stages. Every net that trains (``TransferNet`` here,
 * ``on_epoch_begin``: gradual unfreezing (``unfreeze_every``) and the
   ``trainable_from`` / ``lr`` history columns.
 * ``_set_training``: frozen blocks stay in eval mode (BatchNorm statistics do
-  not move, Dropout is off) while the rest trains.
+  not move, Dropout is off) while the rest trains; with ``bn="frozen"`` the
+  BatchNorm layers of the trained blocks too.
 * ``get_loss``: the (sample-weighted) data loss, plus ``alpha * R(theta)`` on
-  training batches only (``penalty_term``; its gradient is added after the
-  backward pass, ``train_step_single``).
+  training batches only (``penalty_term``; the gradient of a penalty on the
+  parameters is added after the backward pass, ``train_step_single``; a
+  penalty on the features, ``"bss"`` or ``"co_tuning"``, reads the head's
+  input, which a forward hook captures, and goes through autograd).
+
+Which parameters of the trained blocks train (``train_params``, LoRA
+adapters) is set by ``_adapt.adapt`` before the net is built; gradual
+unfreezing applies the same choice to each block it unfreezes.
 """
 
 from __future__ import annotations
@@ -29,10 +36,19 @@ import torch
 from skorch import NeuralNet
 
 from ._accelerate import unwrap_module
+from ._adapt import freeze_batchnorm, is_adapter_param, set_trainable
+from ._blocknet import pool_features
 from ._blocks import keep_frozen_in_eval, set_trainable_from, unfreeze_depth
 from ._device import MixedPrecision
 from ._inputs import InputData, make_batch
-from ._penalties import add_gradient, penalty_and_gradient, penalty_value
+from ._penalties import (
+    FEATURE_PENALTIES,
+    add_gradient,
+    bss_penalty,
+    co_tuning_loss,
+    penalty_and_gradient,
+    penalty_value,
+)
 
 __all__ = ["TransferNet", "BatchDataset", "RollbackOnInterrupt", "identity_collate"]
 
@@ -137,7 +153,17 @@ class TransferNet(RollbackOnInterrupt, MixedPrecision, NeuralNet):
     ----------------------------
     freeze_depth : int
         Blocks ``0..freeze_depth-1`` are frozen (already ``requires_grad=False``).
-    penalty : {None, "l2", "l1", "l2_sp"}
+    frozen_blocks : tuple of int
+        Blocks above ``freeze_depth`` that are frozen too (surgical fine-tuning).
+    train_params, adapter : str, str or None
+        Which parameters of a trained block train (``_adapt.set_trainable``);
+        applied again to each block that gradual unfreezing unfreezes.
+    bn : {"train", "frozen"}
+        ``"frozen"``: the BatchNorm layers of the trained blocks stay in eval mode.
+    relationship : Tensor or None
+        Co-Tuning's ``p(z | y)``, ``(n_classes, n_source)``; the module has a
+        ``source_head``.
+    penalty : {None, "l2", "l1", "l2_sp", "bss", "co_tuning"}
         The regulariser ``R`` (``_penalties.py``).
     alpha : float
         Its strength: the training loss is ``mean loss + alpha * R(theta)``.
@@ -147,7 +173,8 @@ class TransferNet(RollbackOnInterrupt, MixedPrecision, NeuralNet):
         Block ``i`` places below the top block trains at
         ``lr * backbone_lr_scale * layer_decay ** i``.
     new_prefixes : tuple of str
-        Parameter-name prefixes of parameters created for the target task.
+        Parameter-name prefixes of parameters created for the target task
+        (LoRA adapters are new parameters too).
     weighted : bool
         Whether ``y`` batches are ``(y, sample_weight)`` (the criterion then has
         ``reduction="none"``).
@@ -159,8 +186,14 @@ class TransferNet(RollbackOnInterrupt, MixedPrecision, NeuralNet):
 
     def __init__(self, module, *args, freeze_depth=0, penalty=None, alpha=0.0,
                  backbone_lr_scale=1.0, layer_decay=None, new_prefixes=("head.",),
-                 weighted=False, unfreeze_every=None, **kwargs):
+                 weighted=False, unfreeze_every=None, frozen_blocks=(), train_params="all",
+                 adapter=None, bn="train", relationship=None, **kwargs):
         super().__init__(module, *args, **kwargs)
+        self.frozen_blocks = tuple(frozen_blocks)
+        self.train_params = train_params
+        self.adapter = adapter
+        self.bn = bn
+        self.relationship = relationship
         self.unfreeze_every = unfreeze_every
         self._depth = freeze_depth
         self.layer_decay = layer_decay
@@ -172,9 +205,14 @@ class TransferNet(RollbackOnInterrupt, MixedPrecision, NeuralNet):
         self.new_prefixes = new_prefixes
 
     def _is_new(self, name):
-        return name.startswith(tuple(self.new_prefixes))
+        return name.startswith(tuple(self.new_prefixes)) or is_adapter_param(name)
 
     def initialize_module(self):
+        # the feature penalties' hook goes on the module before skorch wraps it
+        # (torch.compile through net_kwargs); fit_loop removes it at the end
+        self._remove_capture_hook()
+        if self.penalty in FEATURE_PENALTIES and self.alpha > 0:
+            self._capture_head_input(unwrap_module(self.module))
         super().initialize_module()
         # after skorch moved the module to the device (in _initialize_module) the
         # anchors are taken lazily on the first loss computation; reset them here
@@ -234,7 +272,7 @@ class TransferNet(RollbackOnInterrupt, MixedPrecision, NeuralNet):
         # anchors must be the pretrained values *before* any step
         # (with gradual unfreezing, every block that will train is still trainable here)
         self._anchor_state = None
-        if self.penalty is not None:
+        if self.penalty is not None and self.penalty not in FEATURE_PENALTIES:
             self._penalty_params()
         return self
 
@@ -251,6 +289,18 @@ class TransferNet(RollbackOnInterrupt, MixedPrecision, NeuralNet):
         self._depth = self.freeze_depth
         super().on_train_begin(net, X=X, y=y, **kwargs)
 
+    def _remove_capture_hook(self):
+        if getattr(self, "_capture_hook", None) is not None:
+            self._capture_hook.remove()
+        self._capture_hook = None
+        self._captured = {}
+
+    def fit_loop(self, X, y=None, epochs=None, **fit_params):
+        try:
+            return super().fit_loop(X, y, epochs=epochs, **fit_params)
+        finally:  # the fitted module keeps no reference to the net
+            self._remove_capture_hook()
+
     def on_epoch_begin(self, net, dataset_train=None, dataset_valid=None, **kwargs):
         super().on_epoch_begin(net, dataset_train, dataset_valid, **kwargs)
         if self.unfreeze_every:
@@ -259,6 +309,9 @@ class TransferNet(RollbackOnInterrupt, MixedPrecision, NeuralNet):
                                    self.unfreeze_every)
             if depth != self._depth:
                 set_trainable_from(module, self.freeze_depth, depth)
+                if self.train_params != "all" or self.adapter is not None:
+                    for block in module.blocks[depth:]:
+                        set_trainable(block, self.train_params, self.adapter)
                 self._depth = depth
                 self._training_mode = None  # newly (un)frozen blocks change mode
         self.history.record("trainable_from", self._depth)
@@ -272,7 +325,12 @@ class TransferNet(RollbackOnInterrupt, MixedPrecision, NeuralNet):
             return
         super()._set_training(training)
         if training:
-            keep_frozen_in_eval(unwrap_module(self.module_), self._depth)
+            module = unwrap_module(self.module_)
+            keep_frozen_in_eval(module, self._depth)
+            for i in self.frozen_blocks:
+                module.blocks[i].eval()
+            if self.bn == "frozen":
+                freeze_batchnorm(module.blocks)
         self._training_mode = training
 
     # -- the objective ------------------------------------------------------------
@@ -287,11 +345,43 @@ class TransferNet(RollbackOnInterrupt, MixedPrecision, NeuralNet):
         w = w.to(per_sample.device)
         return (per_sample * w).sum() / w.sum().clamp_min(1e-12)
 
-    def penalty_term(self):
+    def _capture_head_input(self, module):
+        """A forward hook on the head of ``module`` that keeps the head's input on
+        training batches (and, for Co-Tuning, the pretrained head's output on it,
+        computed inside the forward pass so that distributed data parallel sees the
+        source head used). The hook holds a dict and the source head, not the net:
+        ``torch.compile`` traces it."""
+        captured = self._captured = {}
+        source_head = module.source_head if self.penalty == "co_tuning" else None
+
+        def hook(head, args, output):
+            if head.training:
+                captured["x"] = args[0]
+                captured["source"] = None if source_head is None else source_head(args[0])
+
+        self._capture_hook = module.head.register_forward_hook(hook)
+
+    def feature_penalty(self, y_true):
+        """``R`` of a feature penalty on the last training batch (``None`` without one)."""
+        captured = getattr(self, "_captured", None) or {}
+        if "x" not in captured:
+            return None
+        x, source_logits = captured.pop("x"), captured.pop("source")
+        if self.penalty == "bss":
+            if x.ndim > 2:  # a feature map or tokens: the new head pools them the same way
+                x = pool_features(x, "avg", unwrap_module(self.module_).channels_last)
+            return bss_penalty(x)
+        y, w = y_true if self.weighted else (y_true, None)
+        relationship = self.relationship.to(source_logits.device)
+        return co_tuning_loss(source_logits, relationship[y.to(relationship.device)], w)
+
+    def penalty_term(self, y_true=None):
         """``alpha * R(theta)`` for a training batch, or ``None`` when there is none."""
         if self.penalty is None or self.alpha <= 0:
             return None
-        if self._penalty_by_autograd:
+        if self.penalty in FEATURE_PENALTIES:
+            reg = self.feature_penalty(y_true)
+        elif self._penalty_by_autograd:
             reg = penalty_value(self.penalty, *self._penalty_params())
         else:
             # R's gradient is added after the backward pass (train_step_single);
@@ -304,7 +394,7 @@ class TransferNet(RollbackOnInterrupt, MixedPrecision, NeuralNet):
         loss = self.data_loss(y_pred, y_true, X=X, training=training)
         if training:
             self.history.record_batch("train_data_loss", loss.item())
-            term = self.penalty_term()
+            term = self.penalty_term(y_true)
             if term is not None:
                 loss = loss + term
         return loss

@@ -18,11 +18,32 @@ graph (used under Hugging Face accelerate, whose backward rescales the loss);
 fused multi-tensor operations and no graph, for the training step to add to
 the gradients after the backward pass: on a large network that saves most of
 what the penalty costs.
+
+Two more regularisers depend on the batch's *features* rather than on the
+parameters (``FEATURE_PENALTIES``); ``TransferNet`` captures the input of the
+head on each training batch and adds them, always through autograd:
+
+* ``"bss"``: batch spectral shrinkage (Chen et al., NeurIPS 2019),
+  :func:`bss_penalty`: R = the sum of the squares of the ``k`` smallest
+  singular values of the batch's feature matrix (the head's input);
+* ``"co_tuning"``: Co-Tuning (You et al., NeurIPS 2020),
+  :func:`co_tuning_loss`: the pretrained head, kept next to the new one while
+  training, learns to predict ``p(z | y)``, the source classes ``z`` that the
+  target label ``y`` of each sample translates to; that relationship is the
+  empirical joint of LEEP (:func:`label_joint`) normalised per target class
+  (:func:`category_relationship`, the paper's "direct approach").
 """
 
 from __future__ import annotations
 
+import numpy as np
 import torch
+from scipy import sparse
+
+#: penalties computed from the batch's head-input features, not from the parameters
+FEATURE_PENALTIES = ("bss", "co_tuning")
+#: singular values shrunk by "bss": the paper's k = 1 (its best setting)
+BSS_K = 1
 
 def _sq(params):
     return torch.stack([p.pow(2).sum() for p in params]).sum() if params else None
@@ -104,3 +125,63 @@ def add_gradient(params, grads, alpha):
     for i, p in enumerate(params):
         if p.grad is None:
             p.grad = grads[i].mul(alpha)
+
+
+# --------------------------------------------------------------------------- on features
+def bss_penalty(features, k=BSS_K):
+    """Batch spectral shrinkage: ``sum_{i=1..k} sigma_{-i}^2`` of the features.
+
+    ``features`` is the batch's ``(n, d)`` feature matrix; ``sigma_{-i}`` its
+    ``i``-th smallest singular value (of ``min(n, d)``). Shrinking the smallest
+    singular values suppresses the feature directions that the few target
+    labels cannot estimate well, where negative transfer hides (Chen et al.,
+    "Catastrophic Forgetting Meets Negative Transfer: Batch Spectral Shrinkage
+    for Safe Transfer Learning", NeurIPS 2019). ``torch.linalg.svdvals``: its
+    gradient stays finite even for repeated singular values.
+    """
+    s = torch.linalg.svdvals(features.reshape(len(features), -1).float())  # descending
+    return s[-k:].pow(2).sum()
+
+
+def co_tuning_loss(source_logits, target_dist, weights=None):
+    """Cross-entropy of the source head's predictions against ``p(z | y)`` per sample.
+
+    ``source_logits`` ``(n, n_source)`` come from the pretrained head on the
+    batch's features; ``target_dist`` ``(n, n_source)`` are the rows of
+    :func:`category_relationship` for the samples' target labels. A weighted
+    mean with ``weights``, as for the data loss.
+    """
+    logp = torch.log_softmax(source_logits.float(), dim=1)
+    per_sample = -(target_dist.to(logp.device) * logp).sum(dim=1)
+    if weights is None:
+        return per_sample.mean()
+    weights = weights.to(per_sample.device)
+    return (per_sample * weights).sum() / weights.sum().clamp_min(1e-12)
+
+
+def label_joint(P, y_idx, n_classes=None):
+    """The empirical joint ``P(y, z) = 1/n sum_{i: y_i = y} P_iz`` of target labels
+    ``y`` and source classes ``z``, ``(n_classes, n_source)``.
+
+    ``P`` holds the source model's class probabilities on the target samples,
+    ``y_idx`` their encoded labels. LEEP (Nguyen et al., 2020) scores
+    transferability with it (``metrics.leep_score``); Co-Tuning translates
+    target labels into source classes with it (:func:`category_relationship`).
+    """
+    n = len(y_idx)
+    n_classes = int(y_idx.max()) + 1 if n_classes is None else int(n_classes)
+    onehot = sparse.csr_matrix((np.ones(n), (y_idx, np.arange(n))), shape=(n_classes, n))
+    return np.asarray(onehot @ P) / n
+
+
+def category_relationship(P, y_idx, n_classes):
+    """``p(z | y)``: the mean source-class probabilities of each target class.
+
+    The rows of :func:`label_joint` normalised to sum to 1 (You et al.'s
+    "direct approach" to the category relationship). A class without samples
+    gets a uniform row.
+    """
+    joint = label_joint(P, y_idx, n_classes)
+    py = joint.sum(axis=1, keepdims=True)
+    uniform = np.full_like(joint, 1.0 / joint.shape[1])
+    return np.divide(joint, py, out=uniform, where=py > 0)

@@ -48,6 +48,9 @@ def save_weights(est, path):
         "dropout": float(est.dropout),
         "reuse_head": bool(est.reuse_head),
         "freeze_depth": est.freeze_depth_,
+        # surgical fine-tuning: the parameter, so that a refit does not see a conflict
+        "train_blocks": (None if est.train_blocks is None
+                         else [int(b) for b in est.train_blocks]),
         "blocks": est.blocks_,
         "net_input_shape": list(est._source_input_shape),
         "input_kind": est.input_kind_,
@@ -100,9 +103,11 @@ def load_weights(est, path):
             f"{str(path)!r} holds a {meta['estimator']}, not a {type(est).__name__}; load it "
             f"with {meta['estimator']}(model=...).load_weights(path)."
         )
+    train_blocks = meta.get("train_blocks")
     est.set_params(head_hidden_sizes=tuple(meta["head_hidden_sizes"]),
                    dropout=meta["dropout"], reuse_head=meta["reuse_head"],
-                   freeze_depth=meta["freeze_depth"])
+                   freeze_depth=meta["freeze_depth"] if train_blocks is None else 0,
+                   train_blocks=train_blocks)
     device = resolve_device(est.device)
     seed = seed_from_random_state(0)
     resolved = est._resolve_pretrained(seed)
@@ -142,6 +147,8 @@ def load_weights(est, path):
     est._source_input_shape = shape
     est.blocks_ = list(module.block_names)
     est.freeze_depth_ = depth
+    est.train_blocks_ = (list(range(depth, len(module.blocks))) if train_blocks is None
+                         else sorted(b % len(module.blocks) for b in train_blocks))
     est.history_ = meta["history"]
     est.n_iter_ = len(est.history_)
     est.input_kind_ = meta["input_kind"]
@@ -199,7 +206,9 @@ class WeightsFileMixin:
         ``model`` (and ``weights``) must name the same pretrained architecture
         that was fine-tuned: the network is rebuilt around it, then every tensor
         is replaced by the file's. ``head_hidden_sizes``, ``dropout``,
-        ``reuse_head`` and ``freeze_depth`` are set from the file.
+        ``reuse_head``, ``freeze_depth`` and ``train_blocks`` are set from the
+        file. The file holds the final weights (LoRA adapters merged, WiSE-FT
+        applied), so the adaptation parameters need not match.
 
         Parameters
         ----------

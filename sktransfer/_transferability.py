@@ -29,6 +29,8 @@ from sklearn.preprocessing import StandardScaler
 from sklearn.utils import _safe_indexing, check_array
 from sklearn.utils.multiclass import type_of_target
 
+from ._penalties import label_joint
+
 __all__ = [
     "TransferabilityScorer",
     "check_features",
@@ -326,8 +328,7 @@ def h_score_from_labels(F, y_idx, shrinkage=False):
 # --------------------------------------------------------------------------- LEEP, NCE
 def leep_from_proba(P, y_idx):
     """Mean log expected empirical prediction (Nguyen et al., 2020)."""
-    n = P.shape[0]
-    joint = np.asarray(_onehot(y_idx).T @ P) / n   # P(y, z)
+    joint = label_joint(P, y_idx)   # P(y, z), shared with Co-Tuning
     pz = joint.sum(axis=0)
     cond = np.divide(joint, pz, out=np.zeros_like(joint), where=pz > 0)   # P(y | z)
     eep = np.einsum("iz,iz->i", P, cond[y_idx])

@@ -52,6 +52,15 @@ def main(out):
     result["pretrainer"] = {"weights": weights_digest(pre.encoder_),
                             "train_loss": [row["train_loss"] for row in pre.history_]}
 
+    # LoRA adapters and Co-Tuning's source head (used inside the forward pass by a
+    # hook on the head): every trainable parameter is synchronised
+    adapted = FineTunedClassifier(
+        model=source, adapter="lora", adapter_rank=2, penalty="co_tuning", alpha=1.0,
+        max_epochs=3, random_state=0, accelerator=accelerator,
+    ).fit(X, y)
+    result["adapted"] = {"weights": weights_digest(adapted.module_),
+                         "module": sorted(adapted.module_.state_dict())}
+
     try:
         FineTunedClassifier(model=source, unfreeze_every=1, max_epochs=2,
                             accelerator=accelerator).fit(X, y)

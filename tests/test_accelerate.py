@@ -200,6 +200,9 @@ def test_two_processes_distributed_data_parallel(tmp_path):
     # gradients were averaged over the processes: identical networks
     assert a["clf"]["weights"] == b["clf"]["weights"]
     assert a["pretrainer"]["weights"] == b["pretrainer"]["weights"]
+    # LoRA + Co-Tuning: the same network, adapters merged and the source head gone
+    assert a["adapted"]["weights"] == b["adapted"]["weights"]
+    assert not any("lora" in k or "source_head" in k for k in a["adapted"]["module"])
     assert a["pretrainer"]["train_loss"] == b["pretrainer"]["train_loss"]
 
 

@@ -46,13 +46,31 @@ def test_quick_run_has_every_row_and_column(bench, capsys):
     assert header == ["method", "synth-clf", "synth-reg"]
     assert list(table) == [bench.label(s) for s in specs]
     assert "FineTuned defaults freeze_depth='all'" in table
-    for cells in table.values():
-        assert all("±" in cell for cell in cells)  # a mean and a std over 2 draws
-    assert len(rows) == 2 * 2 * len(specs)
+    tasks = {t.name: t for t in bench.make_tasks()}
+    n_jobs = 0
+    for spec in specs:  # a mean and a std over 2 draws, or empty where it does not apply
+        fits = [bench.applies(spec, tasks[name]) for name in header[1:]]
+        assert ["±" in cell if fit else cell == "" for cell, fit in
+                zip(table[bench.label(spec)], fits)] == [True, True], spec
+        n_jobs += 2 * sum(fits)
+    assert len(rows) == n_jobs
     accuracies = [r["score"] for r in rows if r["task"] == "synth-clf"]
     assert all(0 <= a <= 1 for a in accuracies)
     grid = [r for r in rows if r["method"] == "grid"]
     assert all(set(r["chosen"]) == {"freeze_depth", "alpha"} for r in grid)
+
+
+def test_adaptation_rows_run_where_they_apply(bench, capsys):
+    """One row per adaptation method, and the search over them, on a BatchNorm task."""
+    adaptations = [name for name, *_ in bench.ADAPTATIONS]
+    rows = bench.main(["--quick", "--tasks", "digits-bn-5", "synth-reg", "--methods",
+                       *adaptations, "methods"])
+    _, table = table_rows(capsys.readouterr().out.split("Mean fit time")[0])
+    assert table[bench.label("norm_only")] == [table[bench.label("norm_only")][0], ""]
+    assert table[bench.label("co_tuning")][1] == ""  # a regression task
+    assert all(cells[0] for cells in table.values())  # every method ran on digits-bn-5
+    search = [r for r in rows if r["method"] == "methods" and r["task"] == "digits-bn-5"]
+    assert search[0]["chosen"] in ({}, {"wise": 0.5})  # --quick: 2 candidates
 
 
 def test_registry_and_parameters_reach_the_methods(bench, capsys):

@@ -32,6 +32,7 @@ LAYERS = [
     # shared estimator pieces, then training
     ["_base"],
     ["_prefix_cache", "_penalties", "_accelerate", "_heads"],
+    ["_adapt"],
     ["_net"],
     ["_trainer", "_pretext"],
     ["_persist"],
