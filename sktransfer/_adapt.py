@@ -266,6 +266,8 @@ def source_relationship(module, dataset, indices, y, n_classes, start, batch_siz
     try:
         for chunk in np.array_split(np.asarray(indices), max(1, -(-len(indices) // batch_size))):
             Xb = dataset.__getitems__(chunk.tolist())[0].to(device)
+            if Xb.is_floating_point():  # the frozen-prefix store may hold bf16/fp16
+                Xb = Xb.float()
             logits = module.source_head(module.forward_features(Xb, start=start))
             probs.append(torch.softmax(logits.float(), dim=1).cpu())
     finally:

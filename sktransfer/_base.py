@@ -22,9 +22,11 @@ from sklearn.utils._param_validation import Interval, StrOptions
 from torch import nn
 
 from ._blocks import check_split_matches
+from ._device import DEVICE_CONSTRAINT, autocast, autocast_dtype, resolve_device
 from ._inputs import ImagePreprocess, image_mode, iter_batches, make_batch
 from ._weights import MODEL_CONSTRAINTS, resolve_model
 
+# DEVICE_CONSTRAINT and resolve_device live in _device.py; imported from here too
 __all__ = ["NetEstimatorMixin", "TransferEstimatorMixin", "DEVICE_CONSTRAINT", "resolve_device",
            "seed_from_random_state", "unchanged_on_error", "one_fit_at_a_time"]
 
@@ -90,36 +92,6 @@ def unchanged_on_error(fit):
     return wrapper
 
 
-#: scikit-learn constraint of every estimator's ``device``; which strings name a
-#: device (``"cuda:1"``) and whether it exists here, constraints cannot express:
-#: :func:`resolve_device` checks that
-DEVICE_CONSTRAINT = [str, torch.device]
-
-
-def resolve_device(device):
-    """``"auto"`` -> ``"cuda"`` when available, else ``"cpu"``; check the rest.
-
-    ``device`` has passed ``DEVICE_CONSTRAINT`` (a str or a ``torch.device``).
-    """
-    if isinstance(device, torch.device):
-        device = str(device)
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    try:
-        dev = torch.device(device)
-    except RuntimeError as exc:
-        raise ValueError(
-            f"device={device!r} is not a valid torch device; use 'cpu', 'cuda', "
-            "'cuda:<index>' or 'auto'."
-        ) from exc
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(
-            f"device={device!r} but CUDA is not available on this machine (torch "
-            f"{torch.__version__}); use device='cpu' or device='auto'."
-        )
-    return device
-
-
 def seed_from_random_state(random_state):
     """A torch seed (int) drawn from a scikit-learn ``random_state``."""
     from sklearn.utils import check_random_state
@@ -171,17 +143,44 @@ class NetEstimatorMixin:
 
         The output (float32, on the CPU) is allocated once from the first batch
         and filled in place: memory stays bounded by ``batch_size`` plus the
-        result, and no list of per-batch pieces fragments the heap.
+        result, and no list of per-batch pieces fragments the heap. ``fn`` runs
+        under autocast in the estimator's ``precision`` where this device has it
+        (float32 elsewhere, e.g. a GPU fit unpickled on a CPU).
+
+        On a GPU each batch's result comes back through pinned memory without
+        blocking, and is written out one batch later: the host prepares the next
+        batch while the GPU computes this one (a blocking copy per batch would
+        wait for the GPU every time, and the GPU for the host).
         """
-        out, start = None, 0
-        with torch.inference_mode():
-            for batch in iter_batches(data, self.batch_size, preprocess, self.device_):
-                part = fn(batch).to("cpu", torch.float32)
+        device = self.device_
+        dtype = autocast_dtype(getattr(self, "precision", "32"), device, strict=False)
+        overlap = torch.device(device).type == "cuda"
+        out, start, pending = None, 0, None
+        with torch.inference_mode(), autocast(device, dtype):
+            for batch in iter_batches(data, self.batch_size, preprocess, device):
+                part = fn(batch)
                 if out is None:
                     out = torch.empty((len(data), *part.shape[1:]), dtype=torch.float32)
-                out[start:start + len(part)] = part
+                if not (overlap and part.is_cuda):
+                    out[start:start + len(part)] = part.to("cpu", torch.float32)
+                else:
+                    host = torch.empty(part.shape, dtype=torch.float32, pin_memory=True)
+                    host.copy_(part.float(), non_blocking=True)
+                    # the stream that runs the copy, on the estimator's GPU
+                    done = torch.cuda.current_stream(part.device).record_event()
+                    if pending is not None:
+                        _write(out, *pending)
+                    pending = (host, done, start)
                 start += len(part)
+            if pending is not None:
+                _write(out, *pending)
         return out
+
+
+def _write(out, host, done, start):
+    """Wait for a batch's copy to the host (``done``), then write it into ``out``."""
+    done.synchronize()
+    out[start:start + len(host)] = host
 
 
 class TransferEstimatorMixin(NetEstimatorMixin):

@@ -39,6 +39,27 @@ weights : str, path or None, default=None
     state-dict file (``.pt``/``.pth``/``.safetensors``).
 """
 
+#: ``device`` and ``precision``: every estimator that trains (FineTuned*, TabularPretrainer)
+DEVICE_PARAMS = """\
+device : str, default="auto"
+    ``"cpu"``, ``"cuda"``, ``"cuda:<i>"`` or ``"auto"`` (CUDA when available).
+precision : {"32", "bf16", "16-mixed"}, default="32"
+    The arithmetic of the forward passes (training, frozen-prefix outputs,
+    prediction): ``"32"`` float32; ``"bf16"`` (Lightning's ``"bf16-mixed"``
+    also works) runs them and the loss under ``torch.autocast`` in bfloat16;
+    ``"16-mixed"`` in float16, with a ``torch.amp.GradScaler`` that keeps small
+    gradients from vanishing. The weights, the optimizer and every output
+    stay float32. On recent GPUs mixed precision runs on the tensor cores and
+    halves the activations' memory, usually at no cost in accuracy. ``"bf16"``
+    needs a GPU of compute capability 8.0 or newer (A100, H100, RTX 30xx and
+    later) or the CPU (where it is slower than float32 unless the processor
+    has bfloat16 instructions); ``"16-mixed"`` needs a CUDA GPU; a device
+    without it raises a ``ValueError`` in ``fit`` that names the fix. A
+    network fitted on a GPU and used where that precision is missing (e.g.
+    unpickled on a CPU) predicts in float32. Set the precision in one place:
+    with ``accelerator``, use its ``mixed_precision`` and leave ``"32"`` here.
+"""
+
 #: the other parameters that FineTunedClassifier and FineTunedRegressor share
 FINETUNE_PARAMS = """\
 freeze_depth : int or "all", default=0
@@ -197,16 +218,16 @@ cache_size : float, default=1024
     every batch instead (``verbose`` says so). ``0`` turns the cache off.
     The outputs are also kept between fits (at most ``cache_size`` MB per
     process, least recently used first out), keyed by the frozen blocks'
-    weights, the data, the preprocessing, ``batch_size`` and the device: a
-    later fit with the same frozen prefix, as in a grid search over
-    ``alpha`` or ``lr``, reuses them. :func:`sktransfer.clear_cache` frees them.
+    weights, the data, the preprocessing, ``batch_size``, the device and
+    the precision: a later fit with the same frozen prefix, as in a grid
+    search over ``alpha`` or ``lr``, reuses them. :func:`sktransfer.clear_cache`
+    frees them. Under mixed precision they are kept in the dtype the frozen
+    blocks give under autocast (``"bf16"``: half the memory of float32).
 random_state : int, RandomState or None, default=None
     Seeds a model built by a class or factory, the new head, the shuffling,
     dropout and the validation split: the same seed and data give identical
     predictions.
-device : str, default="auto"
-    ``"cpu"``, ``"cuda"``, ``"cuda:<i>"`` or ``"auto"`` (CUDA when available).
-accelerator : accelerate.Accelerator, dict or None, default=None
+{device_params}accelerator : accelerate.Accelerator, dict or None, default=None
     Train through Hugging Face ``accelerate`` (skorch's ``AccelerateMixin``):
     on several GPUs in one fit when the script runs under ``accelerate
     launch`` or ``torchrun`` (distributed data parallel; ``batch_size`` is per
@@ -235,7 +256,10 @@ net_kwargs : dict or None, default=None
     pretrained weights) and misspelt keys raise a ``ValueError``.
 """
 
-FRAGMENTS = {"model_params": MODEL_PARAMS, "finetune_params": FINETUNE_PARAMS}
+FINETUNE_PARAMS = FINETUNE_PARAMS.replace("{device_params}", DEVICE_PARAMS)
+
+FRAGMENTS = {"model_params": MODEL_PARAMS, "finetune_params": FINETUNE_PARAMS,
+             "device_params": DEVICE_PARAMS}
 
 _FRAGMENT_LINE = re.compile(r"^(\s*)\{(\w+)\}\s*$")
 

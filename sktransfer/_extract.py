@@ -12,13 +12,13 @@ from sklearn.utils.validation import _check_feature_names_in, check_is_fitted
 
 from ._base import (
     TransferEstimatorMixin,
-    resolve_device,
     seed_from_random_state,
     one_fit_at_a_time,
     unchanged_on_error,
 )
 from ._blocknet import pool_features
 from ._blocks import freeze_all
+from ._device import PRECISION_CONSTRAINT, autocast_dtype, resolve_device
 from ._docstrings import fill_doc
 from ._hf import is_text_net
 from ._inputs import source_nan_columns, validate_input
@@ -92,6 +92,15 @@ class FeatureExtractorTransformer(TransferEstimatorMixin, TransformerMixin, Base
         Samples per forward pass; memory use is bounded by it, not by ``len(X)``.
     device : str, default="auto"
         ``"cpu"``, ``"cuda"``, ``"cuda:<i>"`` or ``"auto"`` (CUDA when available).
+    precision : {"32", "bf16", "16-mixed"}, default="32"
+        The arithmetic of ``transform``: ``"32"`` float32; ``"bf16"`` (or
+        ``"bf16-mixed"``) and ``"16-mixed"`` run the network under
+        ``torch.autocast`` in bfloat16 or float16, much faster on recent GPUs;
+        the features are returned as float32 either way. ``"bf16"`` needs a GPU
+        of compute capability 8.0 or newer or the CPU, ``"16-mixed"`` a CUDA
+        GPU; ``fit`` raises a ``ValueError`` on a device without it. Where the
+        precision is missing after ``fit`` (unpickled on a CPU), ``transform``
+        runs in float32.
     preprocess : "auto", callable or None, default="auto"
         Image preprocessing for uint8 image arrays and image files/PIL images:
         ``"auto"`` uses the torchvision weights' own transforms when they are
@@ -150,16 +159,18 @@ class FeatureExtractorTransformer(TransferEstimatorMixin, TransformerMixin, Base
         # which ints and names exist depends on the model: checked in resolve_layer
         "layer": [Interval(numbers.Integral, None, None, closed="neither"), str, None],
         "pooling": [StrOptions(set(_POOLINGS))],
+        "precision": PRECISION_CONSTRAINT,
     }
 
     def __init__(self, model=None, weights=None, layer=None, pooling="avg", batch_size=64,
-                 device="auto", preprocess="auto", random_state=None):
+                 device="auto", precision="32", preprocess="auto", random_state=None):
         self.model = model
         self.weights = weights
         self.layer = layer
         self.pooling = pooling
         self.batch_size = batch_size
         self.device = device
+        self.precision = precision
         self.preprocess = preprocess
         self.random_state = random_state
 
@@ -181,6 +192,7 @@ class FeatureExtractorTransformer(TransferEstimatorMixin, TransformerMixin, Base
         self : FeatureExtractorTransformer
         """
         device = resolve_device(self.device)
+        autocast_dtype(self.precision, device)  # a device without it: a clear error
         data = validate_input(self, X, reset=True,
                               nan_columns=source_nan_columns(self.model))
         seed = seed_from_random_state(self.random_state)

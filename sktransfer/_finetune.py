@@ -30,6 +30,7 @@ from ._base import (
     unchanged_on_error,
 )
 from ._blocks import check_freeze_depth, freeze_blocks
+from ._device import check_precision
 from ._docstrings import fill_doc
 from ._heads import attach_head, check_hidden_sizes, head_features, probe_head
 from ._inputs import source_nan_columns, validate_input
@@ -91,8 +92,8 @@ class _BaseFineTuned(WeightsFileMixin, TransferEstimatorMixin, Trainer, BaseEsti
                  dropout=0.0, reuse_head=False, head_init="probe", early_stopping=False,
                  validation_fraction=0.1, n_iter_no_change=10, tol=1e-4, cache_size=1024,
                  random_state=None,
-                 device="auto", accelerator=None, preprocess="auto", verbose=0,
-                 net_kwargs=None):
+                 device="auto", precision="32", accelerator=None, preprocess="auto",
+                 verbose=0, net_kwargs=None):
         self.model = model
         self.weights = weights
         self.freeze_depth = freeze_depth
@@ -127,6 +128,7 @@ class _BaseFineTuned(WeightsFileMixin, TransferEstimatorMixin, Trainer, BaseEsti
         self.cache_size = cache_size
         self.random_state = random_state
         self.device = device
+        self.precision = precision
         self.accelerator = accelerator
         self.preprocess = preprocess
         self.verbose = verbose
@@ -225,6 +227,7 @@ class _BaseFineTuned(WeightsFileMixin, TransferEstimatorMixin, Trainer, BaseEsti
             The fitted estimator.
         """
         accelerator, device = resolve_accelerator(self.accelerator, self.device)
+        amp = check_precision(self.precision, device, accelerator)
         check_single_process_only(accelerator, unfreeze_every=self.unfreeze_every)
         data, y = validate_input(self, X, reset=True, y=y, y_kwargs=self._y_kwargs(),
                                  nan_columns=source_nan_columns(self.model))
@@ -251,7 +254,7 @@ class _BaseFineTuned(WeightsFileMixin, TransferEstimatorMixin, Trainer, BaseEsti
                      pretrained_head=self.reuse_head, source_head=source_head, seed=seed)
         X_train, start = training_inputs(
             module, data, plan.prefix, preprocess, device, batch_size=self.batch_size,
-            cache_size=self.cache_size, augment=self.augment, verbose=self.verbose)
+            cache_size=self.cache_size, augment=self.augment, verbose=self.verbose, amp=amp)
         dataset = BatchDataset(X_train, y_tensor, preprocess, sample_weight=weights)
         relationship = None if source_head is None else source_relationship(
             module, dataset, train_idx, y_tensor, n_out, start, self.batch_size)
@@ -353,6 +356,9 @@ class FineTunedClassifier(ClassifierMixin, _BaseFineTuned):
     ``lr * backbone_lr_scale`` while the head trains at ``lr``, minimising the
     mean cross-entropy plus ``alpha * R(theta)``. Training runs in a private
     skorch ``NeuralNet``; every ``fit`` starts again from the pretrained weights.
+    Other adaptation methods (WiSE-FT, BitFit, LoRA, surgical blocks, ...) are
+    parameters too, for a search to choose from (user guide: "Adaptation
+    methods").
 
     Parameters
     ----------
@@ -408,6 +414,14 @@ class FineTunedClassifier(ClassifierMixin, _BaseFineTuned):
     ...                           random_state=0, device="cpu").fit(X, y)
     >>> clf.predict(X[:3]).shape
     (3,)
+
+    One candidate per adaptation method, chosen by cross-validation:
+
+    >>> from sklearn.model_selection import GridSearchCV
+    >>> methods = [{}, {"wise": [0.5]}, {"train_params": ["bias"]}, {"train_blocks": [[0]]}]
+    >>> search = GridSearchCV(clf, methods, cv=2).fit(X, y)
+    >>> len(search.cv_results_["params"])
+    4
     """
 
     _parameter_constraints = {
@@ -426,8 +440,8 @@ class FineTunedClassifier(ClassifierMixin, _BaseFineTuned):
                  dropout=0.0, reuse_head=False, head_init="probe", early_stopping=False,
                  validation_fraction=0.1, n_iter_no_change=10, tol=1e-4, cache_size=1024,
                  random_state=None,
-                 device="auto", accelerator=None, preprocess="auto", verbose=0,
-                 net_kwargs=None, class_weight=None):
+                 device="auto", precision="32", accelerator=None, preprocess="auto",
+                 verbose=0, net_kwargs=None, class_weight=None):
         super().__init__(
             model=model, weights=weights, freeze_depth=freeze_depth, penalty=penalty,
             alpha=alpha, lr=lr, backbone_lr_scale=backbone_lr_scale, layer_decay=layer_decay,
@@ -440,8 +454,8 @@ class FineTunedClassifier(ClassifierMixin, _BaseFineTuned):
             head_hidden_sizes=head_hidden_sizes, dropout=dropout, reuse_head=reuse_head,
             head_init=head_init, early_stopping=early_stopping, validation_fraction=validation_fraction,
             n_iter_no_change=n_iter_no_change, tol=tol, cache_size=cache_size,
-            random_state=random_state, device=device, accelerator=accelerator,
-            preprocess=preprocess,
+            random_state=random_state, device=device, precision=precision,
+            accelerator=accelerator, preprocess=preprocess,
             verbose=verbose, net_kwargs=net_kwargs,
         )
         self.class_weight = class_weight

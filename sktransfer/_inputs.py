@@ -27,6 +27,8 @@ import numpy as np
 import torch
 from sklearn.utils.validation import check_array, validate_data
 
+from ._device import pinned
+
 __all__ = ["InputData", "validate_input", "iter_batches", "make_batch", "in_memory",
            "check_real", "clearer_errors", "ImagePreprocess", "image_mode", "padded_to_longest",
            "source_nan_columns", "check_missing"]
@@ -530,8 +532,16 @@ def in_memory(data):
 
 
 def iter_batches(data, batch_size, preprocess=None, device="cpu"):
-    """Yield float32 tensors of at most ``batch_size`` samples on ``device``."""
+    """Yield float32 tensors of at most ``batch_size`` samples on ``device``.
+
+    For a GPU each batch goes through pinned memory and is copied without
+    blocking: the host prepares the next batch while the copy and the compute
+    of this one run (``_device.pinned``).
+    """
+    pin = pinned(device)
     n = len(data.data)
     for start in range(0, n, batch_size):
         batch = make_batch(data, start, min(start + batch_size, n), preprocess)
+        if pin:
+            batch = batch.pin_memory()
         yield batch.to(device, non_blocking=True)

@@ -39,6 +39,7 @@ from ._accelerate import unwrap_module
 from ._adapt import freeze_batchnorm, is_adapter_param, set_trainable
 from ._blocknet import pool_features
 from ._blocks import keep_frozen_in_eval, set_trainable_from, unfreeze_depth
+from ._device import MixedPrecision
 from ._inputs import InputData, make_batch
 from ._penalties import (
     FEATURE_PENALTIES,
@@ -145,7 +146,7 @@ class RollbackOnInterrupt:
             raise
 
 
-class TransferNet(RollbackOnInterrupt, NeuralNet):
+class TransferNet(RollbackOnInterrupt, MixedPrecision, NeuralNet):
     """skorch ``NeuralNet`` with frozen blocks, per-block learning rates and a penalty.
 
     Parameters (beyond skorch's)

@@ -29,6 +29,7 @@ from collections import OrderedDict
 import numpy as np
 import torch
 
+from ._device import autocast
 from ._inputs import in_memory, iter_batches, make_batch, padded_to_longest
 
 __all__ = ["prefix_key", "lookup", "store", "clear_cache", "training_inputs", "starting_at"]
@@ -46,9 +47,12 @@ def _update_with_tensor(h, t):
         h.update(t.contiguous().reshape(-1).view(torch.uint8).numpy())
 
 
-def prefix_key(blocks, data, preprocess, batch_size, device):
+def prefix_key(blocks, data, preprocess, batch_size, device, amp=None):
     """A hash of everything the frozen blocks' outputs depend on, or ``None`` when
-    the inputs cannot be fingerprinted (image files may change on disk)."""
+    the inputs cannot be fingerprinted (image files may change on disk).
+
+    ``amp``: the autocast dtype the outputs were computed in (``None``: float32).
+    """
     if data.kind == "files":
         return None
     h = hashlib.sha256()  # hardware-accelerated on most CPUs
@@ -70,6 +74,8 @@ def prefix_key(blocks, data, preprocess, batch_size, device):
     h.update(repr(preprocess).encode())
     # the thread count too: on the CPU it can change the order of float sums
     h.update(f"|{batch_size}|{device}|{torch.get_num_threads()}".encode())
+    if amp is not None:  # precision (issue 20): outputs computed under autocast differ
+        h.update(f"|autocast:{amp}".encode())
     return h.hexdigest()
 
 
@@ -129,7 +135,7 @@ def clear_cache():
 
 
 def training_inputs(module, data, depth, preprocess, device, *, batch_size, cache_size,
-                    augment=None, verbose=0):
+                    augment=None, verbose=0, amp=None):
     """What the trained part of the network sees: ``(X, first trained block)``.
 
     With frozen blocks (``depth > 0``) and room in ``cache_size`` MB, their
@@ -137,7 +143,10 @@ def training_inputs(module, data, depth, preprocess, device, *, batch_size, cach
     store from an earlier fit, and training starts at block ``depth``;
     otherwise the raw input (:func:`~sktransfer._inputs.in_memory`), run
     through the frozen blocks on every batch. ``augment`` turns the cache off
-    (the frozen blocks must see the augmented inputs).
+    (the frozen blocks must see the augmented inputs). ``amp``: the autocast
+    dtype of the fit (``None``: float32); the outputs are computed under it and
+    kept in the dtype they come out in, as the trained blocks would receive
+    them without the cache (bfloat16 halves the store).
     """
     raw = in_memory(data)
     if depth == 0 or cache_size == 0:
@@ -151,10 +160,12 @@ def training_inputs(module, data, depth, preprocess, device, *, batch_size, cach
         return raw, 0
     module.eval()
     data = padded_to_longest(data, preprocess)  # texts: one length for every output
-    with torch.no_grad():
+    # precision (issue 20): under autocast, and the store in the outputs' own dtype
+    with torch.no_grad(), autocast(device, amp):
         sample = make_batch(data, 0, 1, preprocess).to(device)
-        shape = tuple(module.forward_features(sample, stop=depth).shape[1:])
-        n_bytes = 4 * len(data) * int(np.prod(shape))
+        probe = module.forward_features(sample, stop=depth)
+        shape, dtype = tuple(probe.shape[1:]), probe.dtype
+        n_bytes = probe.element_size() * len(data) * int(np.prod(shape))
         if n_bytes > cache_size * 2**20:
             if verbose:
                 print(
@@ -165,9 +176,10 @@ def training_inputs(module, data, depth, preprocess, device, *, batch_size, cach
             return raw, 0
         # an earlier fit with the same frozen blocks on the same data (a grid
         # search over alpha, lr, ...) already computed them
-        key = prefix_key(module.blocks[:depth], data, preprocess, batch_size, device)
+        key = prefix_key(module.blocks[:depth], data, preprocess, batch_size, device, amp)
         cached = lookup(key)
-        if cached is not None and tuple(cached.shape) == (len(data), *shape):
+        if (cached is not None and tuple(cached.shape) == (len(data), *shape)
+                and cached.dtype == dtype):
             if verbose:
                 print(
                     f"Frozen-prefix cache on: outputs of the {depth} frozen blocks "
@@ -175,7 +187,7 @@ def training_inputs(module, data, depth, preprocess, device, *, batch_size, cach
                     f" MB); training starts at block {depth}."
                 )
             return cached, depth
-        cached = torch.empty((len(data), *shape), dtype=torch.float32, device=device)
+        cached = torch.empty((len(data), *shape), dtype=dtype, device=device)
         start = 0
         for batch in iter_batches(data, batch_size, preprocess, device):
             out = module.forward_features(batch, stop=depth)

@@ -18,6 +18,7 @@ from skorch.utils import to_tensor
 from torch import nn
 
 from ._accelerate import compute_device
+from ._device import MixedPrecision
 from ._net import RollbackOnInterrupt
 
 __all__ = ["PretrainModule", "ReplacementPool", "PretrainNet"]
@@ -143,7 +144,7 @@ def _nt_xent(z1, z2, temperature):
     return F.cross_entropy(sim, twin)
 
 
-class _PretrainNet(RollbackOnInterrupt, NeuralNet):
+class _PretrainNet(RollbackOnInterrupt, MixedPrecision, NeuralNet):
     """skorch ``NeuralNet`` whose batches are corrupted inside the step.
 
     ``infer`` corrupts the batch (from a seeded generator: one for training that

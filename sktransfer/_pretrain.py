@@ -45,6 +45,7 @@ from ._base import (
     unchanged_on_error,
 )
 from ._blocknet import BlockNet
+from ._docstrings import fill_doc
 from ._inputs import (
     InputData,
     check_missing,
@@ -147,6 +148,7 @@ def _column_statistics(X, names=None):
 
 
 # -- the estimator ----------------------------------------------------------------
+@fill_doc
 class TabularPretrainer(TransformerMixin, Trainer, BaseEstimator):
     """Self-supervised pretraining of an MLP encoder on unlabeled table rows.
 
@@ -250,8 +252,7 @@ class TabularPretrainer(TransformerMixin, Trainer, BaseEstimator):
     random_state : int, RandomState or None, default=None
         Seeds the initial weights, the shuffling, the corruptions, dropout and
         the validation split: the same seed and data give identical embeddings.
-    device : str, default="auto"
-        ``"cpu"``, ``"cuda"``, ``"cuda:<i>"`` or ``"auto"`` (CUDA when available).
+    {device_params}
     accelerator : accelerate.Accelerator, dict or None, default=None
         As in :class:`FineTunedClassifier` (Hugging Face ``accelerate``: several
         GPUs for one fit, mixed precision). ``batch_size`` is per process, and
@@ -358,7 +359,7 @@ class TabularPretrainer(TransformerMixin, Trainer, BaseEstimator):
                  temperature=1.0, dropout=0.0, lr=1e-3, weight_decay=0.0, max_epochs=100,
                  batch_size=128, early_stopping=False, validation_fraction=0.1,
                  n_iter_no_change=10, tol=1e-4, random_state=None, device="auto",
-                 accelerator=None, verbose=0, net_kwargs=None):
+                 precision="32", accelerator=None, verbose=0, net_kwargs=None):
         self.hidden_layer_sizes = hidden_layer_sizes
         self.method = method
         self.mask_rate = mask_rate
@@ -374,6 +375,7 @@ class TabularPretrainer(TransformerMixin, Trainer, BaseEstimator):
         self.tol = tol
         self.random_state = random_state
         self.device = device
+        self.precision = precision
         self.accelerator = accelerator
         self.verbose = verbose
         self.net_kwargs = net_kwargs

@@ -40,7 +40,8 @@ from skorch.callbacks import Callback, EarlyStopping, ProgressBar
 from torch import nn
 
 from ._accelerate import SyncEpochLosses, net_class, unwrap_module
-from ._base import DEVICE_CONSTRAINT, NetEstimatorMixin
+from ._base import NetEstimatorMixin
+from ._device import DEVICE_CONSTRAINT, PRECISION_CONSTRAINT, check_precision, pinned
 from ._net import identity_collate
 
 __all__ = ["Trainer", "FiniteLossCheck", "holdout_split", "fit_seeded", "finish_fit",
@@ -285,7 +286,8 @@ class Trainer(NetEstimatorMixin):
 
     Subclasses have the parameters ``lr``, ``max_epochs``, ``batch_size``,
     ``weight_decay``, ``early_stopping``, ``validation_fraction``,
-    ``n_iter_no_change``, ``tol``, ``verbose`` and ``net_kwargs``.
+    ``n_iter_no_change``, ``tol``, ``device``, ``precision``, ``verbose`` and
+    ``net_kwargs``.
     """
 
     #: the training parameters every subclass has, constrained once
@@ -300,6 +302,7 @@ class Trainer(NetEstimatorMixin):
         "tol": [Interval(numbers.Real, 0, None, closed="left")],
         "random_state": ["random_state"],
         "device": DEVICE_CONSTRAINT,
+        "precision": PRECISION_CONSTRAINT,
         # an accelerate.Accelerator, or a dict of its keyword arguments; that it is
         # an Accelerator is checked in fit (accelerate is an optional dependency)
         "accelerator": [None, dict, HasMethods(["prepare", "backward"])],
@@ -379,6 +382,7 @@ class Trainer(NetEstimatorMixin):
         With an ``accelerator`` the net class gets skorch's ``AccelerateMixin``
         and the accelerator, not skorch, places the network.
         """
+        check_precision(self.precision, device, accelerator)  # the net trains in it
         n_train = len(train_idx)
         # a last batch of one sample breaks BatchNorm in training mode (and has no
         # negatives for a contrastive loss): drop it
@@ -407,6 +411,8 @@ class Trainer(NetEstimatorMixin):
             "iterator_train__collate_fn": identity_collate,
             "iterator_valid__collate_fn": identity_collate,
             "device": device,
+            # autocast (and a gradient scaler for float16): _device.MixedPrecision
+            "precision": self.precision,
             "verbose": int(self.verbose),
             **{f"optimizer__{k}": v for k, v in opt_kwargs.items()},
             **self._skorch_kwargs(dataset),
@@ -416,6 +422,10 @@ class Trainer(NetEstimatorMixin):
             # sets the table's sink, so it keeps the table)
             kwargs["callbacks__print_log"] = None
         check_net_kwargs(self, kwargs, opt_cls, criterion)
+        if accelerator is None and pinned(device, dataset.X):
+            # batches bound for a GPU come from pinned memory (the training step
+            # copies them without blocking); net_kwargs may say otherwise
+            kwargs["iterator_train__pin_memory"] = kwargs["iterator_valid__pin_memory"] = True
         extra = dict(self.net_kwargs or {})
         # the user's callbacks come on top of ours (loss check, early stopping, ...)
         kwargs["callbacks"] = kwargs["callbacks"] + list(extra.pop("callbacks", None) or [])

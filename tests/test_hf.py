@@ -392,6 +392,27 @@ def test_finetuning_learns_and_policies_apply(bert_dir, texts):
     assert reg.score(X, y.astype(float)) > 0.3
 
 
+def test_lora_on_a_text_encoder_merges_low_rank_updates(bert_dir, texts):
+    X, y = texts
+    fresh = FeatureExtractorTransformer(model=f"hf:{bert_dir}", device="cpu").fit(X[:2])
+    clf = FineTunedClassifier(model=f"hf:{bert_dir}", freeze_depth=1, adapter="lora",
+                              adapter_rank=2, lr=1e-2, max_epochs=10, batch_size=16,
+                              random_state=0, device="cpu").fit(X, y)
+    assert clf.score(X, y) >= 0.8  # the adapters alone (and the head) learn the task
+    before, after = fresh.module_.state_dict(), clf.module_.state_dict()
+    # merged: the encoder's tensors only, no lora_A / lora_B left
+    assert {k for k in after if not k.startswith("head.")} == set(before)
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    # peft wrapped BERT's query/key/value/dense Linear layers of the trained blocks
+    assert "blocks.1.layer.attention.self.query.weight" in changed
+    assert "blocks.2.layer.output.dense.weight" in changed
+    assert all(k.endswith(".weight") and k.startswith(("blocks.1.", "blocks.2."))
+               and "LayerNorm" not in k for k in changed)
+    for key in changed:  # each update is B A, of rank adapter_rank
+        s = torch.linalg.svdvals((after[key] - before[key]).double())
+        assert s[2] < 1e-4 * s[0], key
+
+
 def test_frozen_prefix_cache_on_texts(tmp_path, texts, capsys):
     """Cached frozen outputs (padded to the longest text) give the same fit.
 

@@ -18,8 +18,9 @@ PACKAGE = Path(sktransfer.__file__).parent
 
 # Bottom to top: a module may import only modules of strictly lower layers.
 LAYERS = [
-    # structure: blocks, splits, freezing (and two modules that import nothing)
-    ["_version", "_docstrings", "_blocknet"],
+    # structure: blocks, splits, freezing (and modules that import nothing: the
+    # version, shared docstrings, devices and precision)
+    ["_version", "_docstrings", "_blocknet", "_device"],
     ["_families"],
     ["_blocks"],
     # inputs and model sources

@@ -11,11 +11,12 @@ from sklearn.base import BaseEstimator
 from skorch import NeuralNet
 from torch import nn
 
+from sktransfer._device import MixedPrecision
 from sktransfer._net import BatchDataset, RollbackOnInterrupt
 from sktransfer._trainer import Trainer, holdout_split, lr_scheduler
 
 
-class _Net(RollbackOnInterrupt, NeuralNet):
+class _Net(RollbackOnInterrupt, MixedPrecision, NeuralNet):
     pass
 
 
@@ -24,7 +25,7 @@ class TinyRegressor(Trainer, BaseEstimator):
 
     def __init__(self, lr=0.05, max_epochs=30, batch_size=16, weight_decay=0.0,
                  early_stopping=False, validation_fraction=0.25, n_iter_no_change=3, tol=1e-4,
-                 verbose=0, net_kwargs=None):
+                 precision="32", verbose=0, net_kwargs=None):
         self.lr = lr
         self.max_epochs = max_epochs
         self.batch_size = batch_size
@@ -33,6 +34,7 @@ class TinyRegressor(Trainer, BaseEstimator):
         self.validation_fraction = validation_fraction
         self.n_iter_no_change = n_iter_no_change
         self.tol = tol
+        self.precision = precision
         self.verbose = verbose
         self.net_kwargs = net_kwargs
 
