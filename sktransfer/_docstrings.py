@@ -258,8 +258,27 @@ net_kwargs : dict or None, default=None
 
 FINETUNE_PARAMS = FINETUNE_PARAMS.replace("{device_params}", DEVICE_PARAMS)
 
+#: the fitted attributes that FineTunedClassifier and FineTunedRegressor share
+FINETUNE_ATTRIBUTES = """\
+history_ : list of dict
+    One dict per epoch: ``epoch``, ``train_loss`` (the objective: mean loss
+    plus ``alpha * R(theta)``), ``train_data_loss`` (the mean loss alone),
+    ``valid_loss`` (with early stopping; never penalised), ``train_steps``
+    (optimisation steps), ``dur`` and skorch's bookkeeping.
+n_iter_ : int
+    Number of epochs run.
+max_epochs_ : int
+    The epoch budget of this fit (``max_epochs``, or what ``"auto"`` gave).
+blocks_ : list of str
+    The block names.
+freeze_depth_ : int
+    The number of leading frozen blocks.
+train_blocks_ : list of int
+    The blocks that trained (besides the head).
+"""
+
 FRAGMENTS = {"model_params": MODEL_PARAMS, "finetune_params": FINETUNE_PARAMS,
-             "device_params": DEVICE_PARAMS}
+             "device_params": DEVICE_PARAMS, "finetune_attributes": FINETUNE_ATTRIBUTES}
 
 _FRAGMENT_LINE = re.compile(r"^(\s*)\{(\w+)\}\s*$")
 

@@ -37,7 +37,7 @@ from ._inputs import source_nan_columns, validate_input
 from ._net import BatchDataset, TransferNet
 from ._persist import WeightsFileMixin
 from ._prefix_cache import starting_at, training_inputs
-from ._trainer import Trainer, auto_epochs, lr_scheduler
+from ._trainer import Trainer, lr_scheduler
 from ._weights import ResolvedModel
 
 __all__ = ["FineTunedClassifier", "FineTunedRegressor"]
@@ -281,33 +281,17 @@ class _BaseFineTuned(WeightsFileMixin, TransferEstimatorMixin, Trainer, BaseEsti
         return self
 
     def _init_head(self, module, data, preprocess, device, y, weights, train_idx):
-        """``head_init="probe"``: fit the new head as a linear probe on the training
-        rows' pretrained features (``_heads.probe_head``); return its L2 strength
-        for the net, or ``None`` (a random or pretrained head: ``penalty`` covers it).
-
-        With ``penalty=None`` nothing is regularised, the probe head included: it
-        only starts where the probe ends (training a network from random weights,
-        a probe's strength fitted on random features would hold its head back).
-        """
+        """``head_init="probe"``: the new head fitted as a linear probe on the training
+        rows (``_heads.probe_head``); returns its L2 strength for the net, or ``None``
+        (a random or pretrained head, or ``penalty=None``: ``penalty`` covers it)."""
         if self.head_init != "probe" or self.reuse_head:
             return None
         rows = torch.as_tensor(train_idx)
         features = head_features(module, data, preprocess, device, self.batch_size)[rows]
         l2 = probe_head(module, features, y[rows].numpy(), classification=is_classifier(self),
                         sample_weight=None if weights is None else weights[rows].numpy())
+        # penalty=None regularises nothing: the head only starts at the probe
         return None if self.penalty is None else l2
-
-    def _n_epochs(self, n_train):
-        if self.max_epochs != "auto":
-            return self.max_epochs
-        return auto_epochs(n_train, self.batch_size)
-
-    def _patience(self, epochs):
-        # with max_epochs="auto" an epoch of a small training set is a step or two:
-        # the patience covers at least a tenth of the budget
-        if self.max_epochs != "auto":
-            return self.n_iter_no_change
-        return max(self.n_iter_no_change, epochs // 10)
 
     def _sample_weights(self, data, y, sample_weight):
         """Per-sample weights as a float32 tensor, or ``None`` when all are equal."""
@@ -379,21 +363,7 @@ class FineTunedClassifier(ClassifierMixin, _BaseFineTuned):
         Number of input columns (2-D input only).
     feature_names_in_ : ndarray of str
         Column names of a DataFrame ``X``.
-    history_ : list of dict
-        One dict per epoch: ``epoch``, ``train_loss`` (the objective: mean loss
-        plus ``alpha * R(theta)``), ``train_data_loss`` (the mean loss alone),
-        ``valid_loss`` (with early stopping; never penalised), ``train_steps``
-        (optimisation steps), ``dur`` and skorch's bookkeeping.
-    n_iter_ : int
-        Number of epochs run.
-    max_epochs_ : int
-        The epoch budget of this fit (``max_epochs``, or what ``"auto"`` gave).
-    blocks_ : list of str
-        The block names.
-    freeze_depth_ : int
-        The number of leading frozen blocks.
-    train_blocks_ : list of int
-        The blocks that trained (besides the head).
+    {finetune_attributes}
 
     See Also
     --------
@@ -553,19 +523,7 @@ class FineTunedRegressor(RegressorMixin, _BaseFineTuned):
         Number of regression targets.
     n_features_in_ : int
         Number of input columns (2-D input only).
-    history_ : list of dict
-        One dict per epoch (``epoch``, ``train_loss``, ``valid_loss``,
-        ``train_steps``, ...).
-    n_iter_ : int
-        Number of epochs run.
-    max_epochs_ : int
-        The epoch budget of this fit (``max_epochs``, or what ``"auto"`` gave).
-    blocks_ : list of str
-        The block names.
-    freeze_depth_ : int
-        The number of leading frozen blocks.
-    train_blocks_ : list of int
-        The blocks that trained (besides the head).
+    {finetune_attributes}
 
     See Also
     --------

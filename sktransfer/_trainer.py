@@ -325,10 +325,16 @@ class Trainer(NetEstimatorMixin):
 
     def _n_epochs(self, n_train):
         """The number of epochs of this fit (at most: early stopping may end it sooner)."""
+        if self.max_epochs == "auto":
+            return auto_epochs(n_train, self.batch_size)
         return self.max_epochs
 
     def _patience(self, epochs):
-        """Early stopping's patience, in epochs, for a fit of ``epochs`` epochs."""
+        """Early stopping's patience, in epochs, for a fit of ``epochs`` epochs: with
+        ``max_epochs="auto"`` an epoch of a small training set is a step or two, so
+        the patience covers at least a tenth of the budget."""
+        if self.max_epochs == "auto":
+            return max(self.n_iter_no_change, epochs // 10)
         return self.n_iter_no_change
 
     def _scoring_callbacks(self):
