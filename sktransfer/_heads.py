@@ -29,8 +29,8 @@ from torch import nn
 from ._blocknet import GlobalPool
 from ._inputs import iter_batches
 
-__all__ = ["Standardize", "attach_head", "check_hidden_sizes", "head_features", "make_head",
-           "probe_head"]
+__all__ = ["Standardize", "add_standardize", "attach_head", "check_hidden_sizes",
+           "has_probe_head", "head_features", "make_head", "probe_head"]
 
 #: scikit-learn >= 1.9 changes LogisticRegressionCV's defaults: take the new ones now
 _LEGACY_OFF = ({"use_legacy_attributes": False, "l1_ratios": (0.0,)}
@@ -164,6 +164,26 @@ def _fit_linear(Z, y, classification, n_out, weights):
     return coef, intercept, 1.0 / (C * total)
 
 
+def _split_head(head):
+    """``([GlobalPool] or [], the other layers)`` of a new head."""
+    layers = list(head) if isinstance(head, nn.Sequential) else [head]
+    return ([layers.pop(0)] if isinstance(layers[0], GlobalPool) else []), layers
+
+
+def has_probe_head(net):
+    """Whether ``net``'s head was made by :func:`probe_head` (it has a ``Standardize``)."""
+    return isinstance(net.head, nn.Sequential) and any(
+        isinstance(m, Standardize) for m in net.head)
+
+
+def add_standardize(net):
+    """Give a new head the structure of a probe head (a ``Standardize`` of unit
+    statistics in front), for :func:`~sktransfer._persist.load_weights` to fill."""
+    pool, layers = _split_head(net.head)
+    n_in = next(m for m in layers if isinstance(m, nn.Linear)).in_features
+    net.head = nn.Sequential(*pool, Standardize(np.zeros(n_in), np.ones(n_in)), *layers)
+
+
 def probe_head(net, features, y, *, classification, sample_weight=None):
     """Start ``net``'s new head from a linear probe on ``features``; return its L2 strength.
 
@@ -175,9 +195,7 @@ def probe_head(net, features, y, *, classification, sample_weight=None):
     its random initialisation, since a probe fits one linear layer. Returns the
     probe's L2 strength for the head's weight (0.0 for an MLP head).
     """
-    head = net.head
-    layers = list(head) if isinstance(head, nn.Sequential) else [head]
-    pool = [layers.pop(0)] if isinstance(layers[0], GlobalPool) else []
+    pool, layers = _split_head(net.head)
     with torch.no_grad():
         x = pool[0](features) if pool else features
     F = x.double().cpu().numpy()
