@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import numbers
+import os
 from abc import ABCMeta, abstractmethod
 
 import numpy as np
 import torch
 from sklearn.base import BaseEstimator, ClassifierMixin, RegressorMixin, _fit_context
 from sklearn.preprocessing import LabelEncoder
-from sklearn.utils._param_validation import Interval, StrOptions
+from sklearn.utils._param_validation import HasMethods, Interval, StrOptions
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted
 from skorch.callbacks import PassthroughScoring
@@ -28,7 +29,7 @@ from ._heads import attach_head, check_hidden_sizes
 from ._inputs import source_nan_columns, validate_input
 from ._net import BatchDataset, TransferNet
 from ._persist import WeightsFileMixin
-from ._prefix_cache import starting_at, training_inputs
+from ._prefix_cache import frozen_then, starting_at, training_inputs
 from ._trainer import Trainer, lr_scheduler
 from ._weights import ResolvedModel
 
@@ -68,6 +69,8 @@ class _BaseFineTuned(WeightsFileMixin, TransferEstimatorMixin, Trainer, BaseEsti
         "dropout": [Interval(numbers.Real, 0, 1, closed="left")],
         "reuse_head": ["boolean"],
         "cache_size": [Interval(numbers.Real, 0, None, closed="left")],
+        # a folder or a joblib.Memory, as Pipeline's memory (_frozen_store.disk_store)
+        "memory": [None, str, os.PathLike, HasMethods(["cache"])],
     }
 
     def __init__(self, model=None, weights=None, *, freeze_depth=0, penalty="l2_sp",
@@ -77,7 +80,7 @@ class _BaseFineTuned(WeightsFileMixin, TransferEstimatorMixin, Trainer, BaseEsti
                  optimizer="adamw", weight_decay=0.0, momentum=0.9, head_hidden_sizes=(),
                  dropout=0.0, reuse_head=False, early_stopping=False,
                  validation_fraction=0.1, n_iter_no_change=10, tol=1e-4, cache_size=1024,
-                 random_state=None,
+                 memory=None, random_state=None,
                  device="auto", accelerator=None, preprocess="auto", verbose=0,
                  net_kwargs=None):
         self.model = model
@@ -104,6 +107,7 @@ class _BaseFineTuned(WeightsFileMixin, TransferEstimatorMixin, Trainer, BaseEsti
         self.n_iter_no_change = n_iter_no_change
         self.tol = tol
         self.cache_size = cache_size
+        self.memory = memory
         self.random_state = random_state
         self.device = device
         self.accelerator = accelerator
@@ -217,12 +221,21 @@ class _BaseFineTuned(WeightsFileMixin, TransferEstimatorMixin, Trainer, BaseEsti
         seed = seed_from_random_state(self.random_state)
         resolved = self._resolve_pretrained(seed)
         preprocess = self._preprocess_fn(resolved)
-        features = self._probe(resolved, data, preprocess, seed)
+        # the frozen blocks' outputs for every row, kept ones reused and new ones kept
+        # (_prefix_cache); the probe reads its two samples from them
+        kept, depth = {}, check_freeze_depth(self.freeze_depth, len(resolved.net))
+
+        def frozen_outputs():
+            kept["X"], kept["start"] = training_inputs(
+                resolved.net, data, depth, preprocess, device, batch_size=self.batch_size,
+                cache_size=self.cache_size, memory=self.memory, augment=self.augment,
+                verbose=self.verbose)
+            return (kept["X"], kept["start"]) if kept["start"] else None
+
+        features = self._probe(resolved, data, preprocess, seed, frozen=frozen_outputs)
         module, depth, new_prefixes = self._build_module(resolved, features, n_out, seed)
         train_idx, valid_idx = self._validation_split(len(data), stratify, seed)
-        X_train, start = training_inputs(
-            module, data, depth, preprocess, device, batch_size=self.batch_size,
-            cache_size=self.cache_size, augment=self.augment, verbose=self.verbose)
+        X_train, start = kept["X"], kept["start"]
         dataset = BatchDataset(X_train, y_tensor, preprocess, sample_weight=weights)
         net = self._make_net(
             module, dataset, train_idx, valid_idx, device, accelerator, freeze_depth=depth,
@@ -262,7 +275,17 @@ class _BaseFineTuned(WeightsFileMixin, TransferEstimatorMixin, Trainer, BaseEsti
         check_is_fitted(self, "module_")
         data = validate_input(self, X, reset=False,
                               nan_columns=source_nan_columns(self.module_))
-        return self._map_batches(data, self.module_, self._preprocess)
+        module = self.module_
+        # the frozen blocks' outputs: kept ones reused, new ones kept (_prefix_cache);
+        # gradual unfreezing trained them all, so nothing is frozen at the end
+        depth = self.freeze_depth_ if self.unfreeze_every is None else 0
+        out = frozen_then(
+            module, data, depth, self._preprocess, self.device_,
+            lambda x: module.forward_head(module.forward_features(x, start=depth)),
+            batch_size=self.batch_size, cache_size=self.cache_size, memory=self.memory)
+        if out is None:
+            out = self._map_batches(data, module, self._preprocess)
+        return out
 
     def __sktransfer_model__(self):
         """The fine-tuned network as a source model for another estimator."""
@@ -355,7 +378,7 @@ class FineTunedClassifier(ClassifierMixin, _BaseFineTuned):
                  optimizer="adamw", weight_decay=0.0, momentum=0.9, head_hidden_sizes=(),
                  dropout=0.0, reuse_head=False, early_stopping=False,
                  validation_fraction=0.1, n_iter_no_change=10, tol=1e-4, cache_size=1024,
-                 random_state=None,
+                 memory=None, random_state=None,
                  device="auto", accelerator=None, preprocess="auto", verbose=0,
                  net_kwargs=None, class_weight=None):
         super().__init__(
@@ -367,7 +390,7 @@ class FineTunedClassifier(ClassifierMixin, _BaseFineTuned):
             head_hidden_sizes=head_hidden_sizes, dropout=dropout, reuse_head=reuse_head,
             early_stopping=early_stopping, validation_fraction=validation_fraction,
             n_iter_no_change=n_iter_no_change, tol=tol, cache_size=cache_size,
-            random_state=random_state, device=device, accelerator=accelerator,
+            memory=memory, random_state=random_state, device=device, accelerator=accelerator,
             preprocess=preprocess,
             verbose=verbose, net_kwargs=net_kwargs,
         )
