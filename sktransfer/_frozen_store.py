@@ -303,6 +303,7 @@ class DiskStore:
             if total <= budget_bytes:
                 break
             table, chunk_id = os.path.relpath(path, self.root).split(os.sep)[:2]
+            # rmtree(ignore_errors=True): another process may remove it at the same time
             self._backend.clear_item(self._call_id(table, chunk_id))
             self._forget(table, chunk_id)
             total -= size

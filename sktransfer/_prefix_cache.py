@@ -288,6 +288,8 @@ class FrozenPass:
                 if self._result is None and not self._fits(out, n, max_bytes):
                     return None
                 self._emit(batch, out, finish, out_device)
+                for i in batch:  # emitted: the store (within budget) keeps them, not us
+                    refs[i] = None
                 if self.disk is not None and rows:  # picked up from other processes
                     self._find(self.depth, rows, refs, verify=False)
                     done = [i for i in rows if refs[i] is not None]
@@ -298,6 +300,8 @@ class FrozenPass:
             batch = found[s:s + self.batch_size]
             x = self._gather([refs[i] for i in batch])
             self._emit(batch, _padded(x, self.batch_size) if finish else x, finish, out_device)
+        if self.disk is not None and self.computed:
+            self.disk.prune(self.budget)  # the folder holds at most cache_size MB too
         return self._result
 
     def _fits(self, rows, n, max_bytes):
