@@ -300,3 +300,22 @@ def test_successive_halving_over_max_epochs(net, digits):
     assert search.best_estimator_.max_epochs == 4
     assert search.best_estimator_.n_iter_ == 4
     assert CountingConv.calls == 96  # every iteration, fit and scoring reuse the rows
+
+
+def test_successive_halving_random_search_over_max_epochs(net, digits):
+    from scipy.stats import loguniform
+    from sklearn.experimental import enable_halving_search_cv  # noqa: F401
+    from sklearn.model_selection import HalvingRandomSearchCV
+
+    X, y = digits["X_target"][:96], digits["y_target"][:96]
+    clear_cache()
+    CountingConv.calls = 0
+    search = HalvingRandomSearchCV(
+        _est(net, freeze_depth="all", max_epochs=1),
+        {"alpha": loguniform(1e-4, 1e-1), "lr": loguniform(1e-3, 3e-2)}, n_candidates=4,
+        cv=KFold(3), resource="max_epochs", min_resources=1, max_resources=3, factor=3,
+        random_state=0).fit(X, y)
+    assert search.n_resources_ == [1, 3]
+    assert search.n_candidates_ == [4, 2]
+    assert search.best_estimator_.n_iter_ == 3
+    assert CountingConv.calls == 96
