@@ -17,7 +17,10 @@ fine-tuned network whose "frozen" blocks were changed after the fit) and a
 SHA-256 of the row's bytes (of a text's UTF-8). The chain gives the
 fingerprint of every shallower depth for free, so depth ``k + 1`` starts from
 kept depth-``k`` outputs when they exist. Image files are never kept (they
-may change on disk).
+may change on disk). The preprocessing enters by its ``repr``: a content
+description for torchvision's and timm's transforms, an address for a plain
+function (such a function is then kept alive, so that no other one takes its
+address; its outputs are shared within the process, not through the disk).
 
 Same results (:class:`FrozenPass`): the frozen blocks always run on batches of
 exactly ``batch_size`` rows (the last one padded by repeating its last row),
@@ -51,6 +54,19 @@ __all__ = ["table_keys", "row_keys", "FrozenPass", "clear_cache", "training_inpu
 
 # (table, threads the outputs were computed with, threads now) -> same bits?
 _SAME_BITS = {}
+# preprocessing callables known by their address only (a function's repr): kept alive
+# so that no other callable takes the address (and the key) while outputs are kept
+_PINNED = {}
+
+
+def _describe(preprocess):
+    """``repr(preprocess)``: a content description for sktransfer's and torchvision's
+    preprocessing; for a plain function its address, valid in this process only."""
+    text = repr(preprocess)
+    if " at 0x" in text:
+        inner = getattr(preprocess, "inner", preprocess)
+        _PINNED.setdefault(id(inner), inner)
+    return text
 
 
 def _update_with_tensor(h, t):
@@ -81,7 +97,8 @@ def table_keys(blocks, data, preprocess, batch_size, device):
         array = data.data
         row = f"{data.kind}|{array.dtype}|{tuple(array.shape[1:])}"
     autocast = torch.is_autocast_enabled(torch.device(device).type)
-    h.update(f"sktransfer frozen outputs|torch {torch.__version__}|{row}|{preprocess!r}|"
+    h.update(f"sktransfer frozen outputs|torch {torch.__version__}|{row}|"
+             f"{_describe(preprocess)}|"
              f"{torch.device(device)}|batch {batch_size}|{torch.get_default_dtype()}|"
              f"autocast {autocast}".encode())
     keys = []
