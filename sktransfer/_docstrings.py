@@ -124,7 +124,9 @@ cache_size : float, default=1024
     preprocessing, ``batch_size``, the device and each sample's content: a
     later ``fit``, ``predict``, ``predict_proba``, ``score`` on samples seen
     before with the same frozen blocks reuses them (the other folds,
-    candidates and the refit of a grid search), bit for bit.
+    candidates and the refit of a grid search), bit for bit. Predictions keep
+    the outputs they compute only with ``memory`` (without it, their memory
+    stays bounded by ``batch_size``).
     :func:`sktransfer.clear_cache` frees them; ``0`` turns all of this off.
 memory : str, path or joblib.Memory, default=None
     Also keep the frozen outputs on disk, in this folder (or

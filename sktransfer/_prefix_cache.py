@@ -160,12 +160,14 @@ class FrozenPass:
     """
 
     def __init__(self, module, depth, data, preprocess, device, *, batch_size, cache_size,
-                 memory=None):
+                 memory=None, keep=True, tables=False):
         self.module, self.depth, self.data = module, depth, data
         self.preprocess, self.device, self.batch_size = preprocess, device, batch_size
         self.budget = cache_size * 2**20
         self.threads = torch.get_num_threads()
-        self.tables = table_keys(module.blocks[:depth], data, preprocess, batch_size, device)
+        self.keep = keep  # keep the rows computed here (else only look kept ones up)
+        self.tables = table_keys(module.blocks[:depth], data, preprocess, batch_size,
+                                 device) if tables is False else tables
         self.keys = row_keys(data) if self.tables else None
         self.disk = disk_store(memory) if self.tables else None
         self.computed = self.reused = 0
@@ -254,8 +256,9 @@ class FrozenPass:
             valid = out[:len(rows)]
             chunk = Chunk(valid.clone() if len(rows) < len(out) else valid,
                           [self.keys[i] for i in rows], self.threads)
-            STORE.add(self._table(self.depth), chunk, self.budget)
-            if self.disk is not None:
+            if self.keep:
+                STORE.add(self._table(self.depth), chunk, self.budget)
+            if self.keep and self.disk is not None:
                 self.disk.write(self.tables[self.depth - 1], chunk.keys,
                                 chunk.rows.cpu().numpy(), self.threads)
             for j, i in enumerate(rows):
@@ -413,17 +416,33 @@ def training_inputs(module, data, depth, preprocess, device, *, batch_size, cach
 def frozen_then(module, data, depth, preprocess, device, finish, *, batch_size, cache_size,
                 memory=None):
     """``finish(outputs of blocks 0..depth-1)`` for every row of ``data`` (float32 on the
-    CPU), with the frozen outputs found kept or computed and kept (prediction,
-    transform); ``None`` when they are not kept for such input (files, texts,
-    nothing frozen, ``cache_size=0``): then the caller runs the network itself."""
+    CPU), with kept frozen outputs reused (prediction, transform); ``None`` when they
+    are not kept for such input (files, texts, nothing frozen, ``cache_size=0``): then
+    the caller runs the network itself.
+
+    The rows computed here are kept only with ``memory`` (the user asked for a
+    store): without it a prediction's memory stays bounded by ``batch_size``, not
+    by ``len(X)``. Rows go in segments of 16 batches, so that the per-row
+    bookkeeping (keys, references) is bounded too.
+    """
     if depth == 0 or cache_size == 0 or data.kind in ("files", "text"):
         return None
-    frozen = FrozenPass(module, depth, data, preprocess, device, batch_size=batch_size,
-                        cache_size=cache_size, memory=memory)
-    if frozen.tables is None:
+    tables = table_keys(module.blocks[:depth], data, preprocess, batch_size, device)
+    if tables is None:
         return None
-    with torch.no_grad():
-        return frozen.run(finish=lambda x: finish(x).to(torch.float32), out_device="cpu")
+    out, step = None, 16 * batch_size
+    for start in range(0, len(data), step):
+        part = InputData(data.data[start:start + step], data.kind, data.pad_to)
+        frozen = FrozenPass(module, depth, part, preprocess, device, batch_size=batch_size,
+                            cache_size=cache_size, memory=memory, keep=memory is not None,
+                            tables=tables)
+        with torch.no_grad():
+            result = frozen.run(finish=lambda x: finish(x).to(torch.float32),
+                                out_device="cpu")
+        if out is None:
+            out = torch.empty((len(data), *result.shape[1:]), dtype=torch.float32)
+        out[start:start + len(result)] = result
+    return out
 
 
 @contextlib.contextmanager

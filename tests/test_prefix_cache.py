@@ -146,8 +146,10 @@ def test_a_search_sends_each_sample_through_the_frozen_blocks_once(net, digits, 
     search = GridSearchCV(_est(net, max_epochs=1), {"alpha": [1e-3, 1e-1], "lr": [1e-3, 1e-2]},
                           cv=KFold(3)).fit(X, y)
     # 12 fits, 12 scorings and the refit: the first fit computes 64 rows (2 batches),
-    # the first scoring the 32 others; everything else is found kept
-    assert CountingConv.calls == 96
+    # the first scoring the 32 others (without memory=, a prediction keeps nothing:
+    # its memory stays bounded by batch_size), the second fit keeps those 32;
+    # everything else is found kept
+    assert CountingConv.calls == 64 + 32 + 32
     best = search.best_estimator_
     CountingConv.calls = 0
     best.predict(X)
@@ -162,7 +164,7 @@ def test_a_search_sends_each_sample_through_the_frozen_blocks_once(net, digits, 
                                   best.predict_proba(X))
 
 
-def test_kept_outputs_equal_fresh_ones_bit_for_bit_whatever_the_order(net, digits):
+def test_kept_outputs_equal_fresh_ones_bit_for_bit_whatever_the_order(net, digits, tmp_path):
     X, y = digits["X_target"][:100], digits["y_target"][:100]
     clear_cache()
     fresh = _est(net).fit(X, y)
@@ -170,8 +172,13 @@ def test_kept_outputs_equal_fresh_ones_bit_for_bit_whatever_the_order(net, digit
     clear_cache()
     p_cold = fresh.predict_proba(X)  # the same rows computed by the prediction
     np.testing.assert_array_equal(p_cold, p_fresh)
-    # kept by other calls, in other batches: reversed rows, then a scattered subset
+    CountingConv.calls = 0
+    fresh.predict_proba(X)  # without memory=, predictions keep nothing
+    assert CountingConv.calls == 128
+    # kept by other calls (predictions keep with memory=), in other batches: reversed
+    # rows, then a scattered subset
     clear_cache()
+    fresh.set_params(memory=str(tmp_path))
     fresh.predict_proba(X[::-1].copy())
     fresh.predict_proba(X[::3])
     CountingConv.calls = 0
@@ -302,7 +309,9 @@ def test_successive_halving_over_max_epochs(net, digits):
     assert search.n_resources_ == [1, 2, 4]
     assert search.best_estimator_.max_epochs == 4
     assert search.best_estimator_.n_iter_ == 4
-    assert CountingConv.calls == 96  # every iteration, fit and scoring reuse the rows
+    # the first fold's test rows twice (its scoring keeps nothing), then every
+    # iteration, fit and scoring reuses the rows
+    assert CountingConv.calls == 128
 
 
 def test_successive_halving_random_search_over_max_epochs(net, digits):
@@ -321,4 +330,4 @@ def test_successive_halving_random_search_over_max_epochs(net, digits):
     assert search.n_resources_ == [1, 3]
     assert search.n_candidates_ == [4, 2]
     assert search.best_estimator_.n_iter_ == 3
-    assert CountingConv.calls == 96
+    assert CountingConv.calls == 128  # as above
