@@ -234,10 +234,14 @@ class TransferEstimatorMixin(NetEstimatorMixin):
             preprocess = resolved.preprocess
         return ImagePreprocess(preprocess, image_mode(resolved.net))
 
-    def _probe(self, resolved, data, preprocess, seed):
+    def _probe(self, resolved, data, preprocess, seed, frozen=None):
         """Run two samples through the net: materialise lazy layers, check the split.
 
-        Returns the head-input features of the probe batch (CPU tensor).
+        ``frozen``, when given, is called first (its errors are explained like the
+        net's own): it returns ``(outputs of the frozen blocks for the first rows,
+        number of frozen blocks)`` or ``None``; the two samples then start from
+        those outputs instead of running through the frozen blocks again.
+        Returns the head-input features of the probe batch.
         """
         net = resolved.net
         sample = make_batch(data, 0, min(2, len(data)), preprocess)
@@ -247,7 +251,9 @@ class TransferEstimatorMixin(NetEstimatorMixin):
             net.eval()
             try:
                 with torch.no_grad():
-                    features = net.forward_features(sample)
+                    kept = frozen() if frozen is not None else None
+                    features = (net.forward_features(sample) if kept is None
+                                else net.forward_features(kept[0][:2], start=kept[1]))
             except Exception as exc:  # noqa: BLE001 - re-raised with context below
                 # the children in order fail, the model itself runs: the split is wrong
                 if net.split_kind == "default" and _runs(resolved.original, sample):

@@ -210,19 +210,32 @@ n_iter_no_change : int, default=10
 tol : float, default=1e-4
     Relative improvement of the validation loss that counts for early stopping.
 cache_size : float, default=1024
-    Memory budget (MB) for the frozen-prefix cache: when blocks are frozen,
-    their outputs for the training data are computed once per ``fit`` and the
-    rest of the network trains on them, which gives the same result as running
-    the frozen blocks on every batch, much faster. When the outputs would
-    need more than ``cache_size`` MB (on ``device``), the frozen blocks run on
-    every batch instead (``verbose`` says so). ``0`` turns the cache off.
-    The outputs are also kept between fits (at most ``cache_size`` MB per
-    process, least recently used first out), keyed by the frozen blocks'
-    weights, the data, the preprocessing, ``batch_size``, the device and
-    the precision: a later fit with the same frozen prefix, as in a grid
-    search over ``alpha`` or ``lr``, reuses them. :func:`sktransfer.clear_cache`
-    frees them. Under mixed precision they are kept in the dtype the frozen
-    blocks give under autocast (``"bf16"``: half the memory of float32).
+    Memory budget (MB) for the frozen blocks' outputs: when blocks are
+    frozen, their outputs for the training data are computed once per
+    ``fit`` and the rest of the network trains on them, which gives the same
+    result as running the frozen blocks on every batch, much faster. When the
+    outputs would need more than ``cache_size`` MB (on ``device``), the frozen
+    blocks run on every batch instead (``verbose`` says so). The outputs are
+    also kept **per sample** (at most ``cache_size`` MB per process, least
+    recently used first out), keyed by the frozen blocks' weights, the
+    preprocessing, ``batch_size``, the device and each sample's content: a
+    later ``fit``, ``predict``, ``predict_proba``, ``score`` on samples seen
+    before with the same frozen blocks reuses them (the other folds,
+    candidates and the refit of a grid search), bit for bit. Predictions keep
+    the outputs they compute only with ``memory`` (without it, their memory
+    stays bounded by ``batch_size``).
+    :func:`sktransfer.clear_cache` frees them; ``0`` turns all of this off.
+    Under mixed precision they are kept in the dtype the frozen blocks give
+    under autocast (``"bf16"``: half the memory of float32), keyed by it.
+memory : str, path or joblib.Memory, default=None
+    Also keep the frozen outputs on disk, in this folder (or
+    ``joblib.Memory``'s location), as :class:`~sklearn.pipeline.Pipeline`'s
+    ``memory`` does, so that the worker processes of a search
+    (``GridSearchCV(n_jobs=2)``) and later sessions share them: read
+    memory-mapped, written atomically, at most ``cache_size`` MB of them per
+    folder (least recently used first out). Remove them with
+    ``joblib.Memory(folder).clear()`` or by deleting the folder. ``None``:
+    kept in this process only.
 random_state : int, RandomState or None, default=None
     Seeds a model built by a class or factory, the new head, the shuffling,
     dropout and the validation split: the same seed and data give identical

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import numbers
+import os
 import re
 
 import numpy as np
 from sklearn.base import BaseEstimator, TransformerMixin, _fit_context
-from sklearn.utils._param_validation import Interval, StrOptions
+from sklearn.utils._param_validation import HasMethods, Interval, StrOptions
 from sklearn.utils.validation import _check_feature_names_in, check_is_fitted
 
 from ._base import (
@@ -18,14 +19,16 @@ from ._base import (
 )
 from ._blocknet import pool_features
 from ._blocks import freeze_all
-from ._device import PRECISION_CONSTRAINT, autocast_dtype, resolve_device
+from ._device import PRECISION_CONSTRAINT, autocast, autocast_dtype, resolve_device
 from ._docstrings import fill_doc
 from ._hf import is_text_net
 from ._inputs import source_nan_columns, validate_input
+from ._prefix_cache import frozen_then
 
 __all__ = ["FeatureExtractorTransformer", "resolve_layer"]
 
 _POOLINGS = ("avg", "max", "flatten", "mean", "cls")
+_MEMORY_MB = 1024  # the budget of kept outputs with memory=, as the fine-tuners' cache_size
 
 
 def resolve_layer(layer, net):
@@ -119,6 +122,18 @@ class FeatureExtractorTransformer(TransferEstimatorMixin, TransformerMixin, Base
         Seeds the initialisation of lazy layers (``nn.LazyLinear``) that the
         model materialises on its first batch, and of a model built by a class
         or factory; has no other effect.
+    memory : str, path or joblib.Memory, default=None
+        Keep the outputs of the blocks up to ``layer`` per sample, in this
+        process and on disk in this folder (or ``joblib.Memory``'s location),
+        as :class:`~sklearn.pipeline.Pipeline`'s ``memory`` does: a later
+        ``transform`` of samples seen before (another fold of a search,
+        another process, another session), or a fine-tuning estimator's fit
+        with the same blocks frozen, the same ``batch_size`` and
+        preprocessing, reuses them instead of running the network. At most
+        1024 MB of them in this process and in the folder (least recently
+        used out first); remove them with ``joblib.Memory(folder).clear()``.
+        Not for image files or texts. ``None``: nothing is kept (memory use is
+        bounded by ``batch_size``).
 
     Attributes
     ----------
@@ -160,10 +175,13 @@ class FeatureExtractorTransformer(TransferEstimatorMixin, TransformerMixin, Base
         "layer": [Interval(numbers.Integral, None, None, closed="neither"), str, None],
         "pooling": [StrOptions(set(_POOLINGS))],
         "precision": PRECISION_CONSTRAINT,
+        # a folder or a joblib.Memory, as Pipeline's memory (_frozen_store.disk_store)
+        "memory": [None, str, os.PathLike, HasMethods(["cache"])],
     }
 
     def __init__(self, model=None, weights=None, layer=None, pooling="avg", batch_size=64,
-                 device="auto", precision="32", preprocess="auto", random_state=None):
+                 device="auto", precision="32", preprocess="auto", random_state=None,
+                 memory=None):
         self.model = model
         self.weights = weights
         self.layer = layer
@@ -173,6 +191,7 @@ class FeatureExtractorTransformer(TransferEstimatorMixin, TransformerMixin, Base
         self.precision = precision
         self.preprocess = preprocess
         self.random_state = random_state
+        self.memory = memory
 
     @_fit_context(prefer_skip_nested_validation=True)
     @one_fit_at_a_time
@@ -230,6 +249,24 @@ class FeatureExtractorTransformer(TransferEstimatorMixin, TransformerMixin, Base
             out = net(batch) if self._after_head else net.forward_features(batch, stop=self._stop)
             return pool_features(out, self.pooling, channels_last, token_mask)
 
+        if self.memory is not None and stop is None:
+            # the blocks' outputs per sample, kept ones reused (_prefix_cache); then
+            # the neck, the head (layer="head") and the pooling on each batch
+            depth = len(net.blocks) if self._stop is None else self._stop
+
+            def finish(x):
+                out = net.forward_features(x, start=depth, stop=self._stop)
+                if self._after_head:
+                    out = net.forward_head(out)
+                return pool_features(out, self.pooling, channels_last)
+
+            amp = autocast_dtype(self.precision, self.device_, strict=False)
+            with autocast(self.device_, amp):  # as _map_batches: the chosen precision
+                out = frozen_then(net, data, depth, self._preprocess, self.device_, finish,
+                                  batch_size=self.batch_size, cache_size=_MEMORY_MB,
+                                  memory=self.memory)
+            if out is not None:
+                return out.numpy()
         return self._map_batches(sub, features, self._preprocess).numpy()
 
     def transform(self, X):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numbers
+import os
 from abc import ABCMeta, abstractmethod
 
 import numpy as np
@@ -15,14 +16,15 @@ from sklearn.base import (
     is_classifier,
 )
 from sklearn.preprocessing import LabelEncoder
-from sklearn.utils._param_validation import Interval, StrOptions
+from sklearn.utils._param_validation import HasMethods, Interval, StrOptions
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted
 from skorch.callbacks import PassthroughScoring
 from torch import nn
 
 from ._accelerate import check_single_process_only, resolve_accelerator
-from ._adapt import ADAPT_CONSTRAINTS, ADAPT_PARAMS, adapt, source_relationship, take_source_head
+from ._adapt import (ADAPT_CONSTRAINTS, ADAPT_PARAMS, adapt, check_train_blocks,
+                     source_relationship, take_source_head)
 from ._base import (
     TransferEstimatorMixin,
     one_fit_at_a_time,
@@ -30,13 +32,13 @@ from ._base import (
     unchanged_on_error,
 )
 from ._blocks import check_freeze_depth, freeze_blocks
-from ._device import check_precision
+from ._device import autocast, autocast_dtype, check_precision
 from ._docstrings import fill_doc
 from ._heads import attach_head, check_hidden_sizes, head_features, probe_head
 from ._inputs import source_nan_columns, validate_input
 from ._net import BatchDataset, TransferNet
 from ._persist import WeightsFileMixin
-from ._prefix_cache import starting_at, training_inputs
+from ._prefix_cache import frozen_then, starting_at, training_inputs
 from ._trainer import Trainer, lr_scheduler
 from ._weights import ResolvedModel
 
@@ -79,6 +81,8 @@ class _BaseFineTuned(WeightsFileMixin, TransferEstimatorMixin, Trainer, BaseEsti
         "head_init": [StrOptions({"probe", "random"})],
         "max_epochs": [Interval(numbers.Integral, 1, None, closed="left"), StrOptions({"auto"})],
         "cache_size": [Interval(numbers.Real, 0, None, closed="left")],
+        # a folder or a joblib.Memory, as Pipeline's memory (_frozen_store.disk_store)
+        "memory": [None, str, os.PathLike, HasMethods(["cache"])],
     }
 
     def __init__(self, model=None, weights=None, *, freeze_depth=0, penalty="l2_sp",
@@ -91,48 +95,14 @@ class _BaseFineTuned(WeightsFileMixin, TransferEstimatorMixin, Trainer, BaseEsti
                  optimizer="adamw", weight_decay=0.0, momentum=0.9, head_hidden_sizes=(),
                  dropout=0.0, reuse_head=False, head_init="probe", early_stopping=False,
                  validation_fraction=0.1, n_iter_no_change=10, tol=1e-4, cache_size=1024,
-                 random_state=None,
+                 memory=None, random_state=None,
                  device="auto", precision="32", accelerator=None, preprocess="auto",
                  verbose=0, net_kwargs=None):
-        self.model = model
-        self.weights = weights
-        self.freeze_depth = freeze_depth
-        self.penalty = penalty
-        self.alpha = alpha
-        self.lr = lr
-        self.backbone_lr_scale = backbone_lr_scale
-        self.layer_decay = layer_decay
-        self.lr_schedule = lr_schedule
-        self.unfreeze_every = unfreeze_every
-        self.train_blocks = train_blocks
-        self.train_params = train_params
-        self.adapter = adapter
-        self.adapter_rank = adapter_rank
-        self.adapter_alpha = adapter_alpha
-        self.bn = bn
-        self.wise = wise
-        self.augment = augment
-        self.max_epochs = max_epochs
-        self.batch_size = batch_size
-        self.optimizer = optimizer
-        self.weight_decay = weight_decay
-        self.momentum = momentum
-        self.head_hidden_sizes = head_hidden_sizes
-        self.dropout = dropout
-        self.reuse_head = reuse_head
-        self.head_init = head_init
-        self.early_stopping = early_stopping
-        self.validation_fraction = validation_fraction
-        self.n_iter_no_change = n_iter_no_change
-        self.tol = tol
-        self.cache_size = cache_size
-        self.random_state = random_state
-        self.device = device
-        self.precision = precision
-        self.accelerator = accelerator
-        self.preprocess = preprocess
-        self.verbose = verbose
-        self.net_kwargs = net_kwargs
+        # scikit-learn's convention: every argument stored unchanged under its name
+        # (validated in fit); one loop instead of one line per parameter
+        for name, value in locals().items():
+            if name != "self":
+                setattr(self, name, value)
 
     # -- task-specific stages (the subclasses) -------------------------------------
     @abstractmethod
@@ -241,7 +211,24 @@ class _BaseFineTuned(WeightsFileMixin, TransferEstimatorMixin, Trainer, BaseEsti
         seed = seed_from_random_state(self.random_state)
         resolved = self._resolve_pretrained(seed)
         preprocess = self._preprocess_fn(resolved)
-        features = self._probe(resolved, data, preprocess, seed)
+        # the blocks in front of the first trained one are frozen: their outputs for
+        # every row, kept ones reused and new ones kept (_prefix_cache); the probe
+        # reads its two samples from them
+        n_blocks = len(resolved.net.blocks)
+        check_freeze_depth(self.freeze_depth, n_blocks)
+        trained = check_train_blocks(self.train_blocks, self.freeze_depth, n_blocks,
+                                     self.unfreeze_every)
+        kept = {}
+
+        def frozen_outputs():
+            kept["X"], kept["start"] = training_inputs(
+                resolved.net, data, trained[0] if trained else n_blocks, preprocess, device,
+                batch_size=self.batch_size, cache_size=self.cache_size, memory=self.memory,
+                augment=self.augment, verbose=self.verbose, amp=amp)
+            # outputs kept under autocast may be bf16/fp16: the probe runs in float32
+            return (kept["X"][:2].float(), kept["start"]) if kept["start"] else None
+
+        features = self._probe(resolved, data, preprocess, seed, frozen=frozen_outputs)
         source_head = None if self.penalty != "co_tuning" else take_source_head(
             resolved.net, features, classification=is_classifier(self),
             reuse_head=self.reuse_head)
@@ -252,9 +239,7 @@ class _BaseFineTuned(WeightsFileMixin, TransferEstimatorMixin, Trainer, BaseEsti
         # which blocks and parameters train, adapters, WiSE-FT's theta_s (_adapt.py)
         plan = adapt(module, **{k: getattr(self, k) for k in ADAPT_PARAMS},
                      pretrained_head=self.reuse_head, source_head=source_head, seed=seed)
-        X_train, start = training_inputs(
-            module, data, plan.prefix, preprocess, device, batch_size=self.batch_size,
-            cache_size=self.cache_size, augment=self.augment, verbose=self.verbose, amp=amp)
+        X_train, start = kept["X"], kept["start"]
         dataset = BatchDataset(X_train, y_tensor, preprocess, sample_weight=weights)
         relationship = None if source_head is None else source_relationship(
             module, dataset, train_idx, y_tensor, n_out, start, self.batch_size)
@@ -286,8 +271,14 @@ class _BaseFineTuned(WeightsFileMixin, TransferEstimatorMixin, Trainer, BaseEsti
         (a random or pretrained head, or ``penalty=None``: ``penalty`` covers it)."""
         if self.head_init != "probe" or self.reuse_head:
             return None
+        # the pretrained blocks' outputs through the frozen-output store: once per
+        # sample over the folds and candidates of a search (_prefix_cache)
+        outputs, start = training_inputs(
+            module, data, len(module.blocks), preprocess, device, batch_size=self.batch_size,
+            cache_size=self.cache_size, memory=self.memory)
         rows = torch.as_tensor(train_idx)
-        features = head_features(module, data, preprocess, device, self.batch_size)[rows]
+        features = head_features(module, outputs if start else data, preprocess, device,
+                                 self.batch_size, start=start)[rows]
         l2 = probe_head(module, features, y[rows].numpy(), classification=is_classifier(self),
                         sample_weight=None if weights is None else weights[rows].numpy())
         # penalty=None regularises nothing: the head only starts at the probe
@@ -312,7 +303,19 @@ class _BaseFineTuned(WeightsFileMixin, TransferEstimatorMixin, Trainer, BaseEsti
         check_is_fitted(self, "module_")
         data = validate_input(self, X, reset=False,
                               nan_columns=source_nan_columns(self.module_))
-        return self._map_batches(data, self.module_, self._preprocess)
+        module = self.module_
+        # the frozen blocks' outputs: kept ones reused, new ones kept (_prefix_cache);
+        # gradual unfreezing trained them all, so nothing is frozen at the end
+        depth = self.freeze_depth_ if self.unfreeze_every is None else 0
+        amp = autocast_dtype(self.precision, self.device_, strict=False)
+        with autocast(self.device_, amp):  # as _map_batches: the fit's precision
+            out = frozen_then(
+                module, data, depth, self._preprocess, self.device_,
+                lambda x: module.forward_head(module.forward_features(x, start=depth)),
+                batch_size=self.batch_size, cache_size=self.cache_size, memory=self.memory)
+        if out is None:
+            out = self._map_batches(data, module, self._preprocess)
+        return out
 
     def __sktransfer_model__(self):
         """The fine-tuned network as a source model for another estimator."""
@@ -409,7 +412,7 @@ class FineTunedClassifier(ClassifierMixin, _BaseFineTuned):
                  optimizer="adamw", weight_decay=0.0, momentum=0.9, head_hidden_sizes=(),
                  dropout=0.0, reuse_head=False, head_init="probe", early_stopping=False,
                  validation_fraction=0.1, n_iter_no_change=10, tol=1e-4, cache_size=1024,
-                 random_state=None,
+                 memory=None, random_state=None,
                  device="auto", precision="32", accelerator=None, preprocess="auto",
                  verbose=0, net_kwargs=None, class_weight=None):
         super().__init__(
@@ -422,9 +425,10 @@ class FineTunedClassifier(ClassifierMixin, _BaseFineTuned):
             max_epochs=max_epochs, batch_size=batch_size,
             optimizer=optimizer, weight_decay=weight_decay, momentum=momentum,
             head_hidden_sizes=head_hidden_sizes, dropout=dropout, reuse_head=reuse_head,
-            head_init=head_init, early_stopping=early_stopping, validation_fraction=validation_fraction,
+            head_init=head_init, early_stopping=early_stopping,
+            validation_fraction=validation_fraction,
             n_iter_no_change=n_iter_no_change, tol=tol, cache_size=cache_size,
-            random_state=random_state, device=device, precision=precision,
+            memory=memory, random_state=random_state, device=device, precision=precision,
             accelerator=accelerator, preprocess=preprocess,
             verbose=verbose, net_kwargs=net_kwargs,
         )

@@ -218,16 +218,26 @@ def probe_head(net, features, y, *, classification, sample_weight=None):
     return l2
 
 
-def head_features(net, data, preprocess, device, batch_size):
-    """The pretrained network's outputs before the head for every row of ``data``
-    (eval mode, no gradient; a float32 CPU tensor): the probe's input."""
+def head_features(net, data, preprocess, device, batch_size, start=0):
+    """The pretrained network's outputs before the head for every row (eval mode, no
+    gradient; a float32 CPU tensor): the probe's input.
+
+    ``start > 0``: ``data`` is already the output of blocks ``0..start-1`` (a
+    tensor, from the frozen-output store); the rest runs from there.
+    """
     was_training = net.training
     net.to(device).eval()
     parts = []
     try:
         with torch.inference_mode():
-            for batch in iter_batches(data, batch_size, preprocess, device):
-                parts.append(net.forward_features(batch).to("cpu", torch.float32))
+            if start:
+                for i in range(0, len(data), batch_size):
+                    part = net.forward_features(data[i:i + batch_size].to(device).float(),
+                                                start=start)
+                    parts.append(part.to("cpu", torch.float32))
+            else:
+                for batch in iter_batches(data, batch_size, preprocess, device):
+                    parts.append(net.forward_features(batch).to("cpu", torch.float32))
     finally:
         net.train(was_training)
     return torch.cat(parts)

@@ -117,7 +117,7 @@ def test_surgical_fine_tuning_trains_exactly_the_chosen_blocks(source, data, pla
     # and 4 did not, nor block 0 in front (its outputs were cached)
     assert {k.split(".")[1] for k in moved(clf, source)} == {"1", "3"}
     assert clf.train_blocks_ == [1, 3] and clf.freeze_depth_ == 1
-    assert "outputs of the 1 frozen blocks computed once" in capsys.readouterr().out
+    assert "outputs of the 1 frozen blocks for 96 samples" in capsys.readouterr().out
     assert differs(clf, plain, X)
     # frozen blocks between trained ones run in eval mode: the cache gives the same fit
     again = fit(source, X, y, train_blocks=[1, 3], cache_size=0)

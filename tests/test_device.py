@@ -18,6 +18,7 @@ from sklearn.model_selection import GridSearchCV
 from skorch.callbacks import Callback
 from torch import nn
 
+from sktransfer._frozen_store import STORE
 from sktransfer import (
     FeatureExtractorTransformer,
     FineTunedClassifier,
@@ -240,7 +241,11 @@ def test_precision_is_part_of_the_store_key(data):
     clear_cache()
     a = classifier(precision="bf16", freeze_depth=1, max_epochs=3).fit(X, y)
     classifier(freeze_depth=1, max_epochs=3).fit(X, y)
-    assert clear_cache() == 2  # one entry per precision
+    tables = {table for table, chunk in STORE._chunks.values()}
+    assert len(tables) == 2  # the outputs of each precision under their own key
+    dtypes = {chunk.rows.dtype for table, chunk in STORE._chunks.values()}
+    assert dtypes == {torch.float32, torch.bfloat16}
+    clear_cache()
     b = classifier(precision="bf16", freeze_depth=1, max_epochs=3).fit(X, y)
     c = classifier(precision="bf16", freeze_depth=1, max_epochs=3).fit(X, y)  # a hit
     np.testing.assert_array_equal(b.predict_proba(X_test), c.predict_proba(X_test))

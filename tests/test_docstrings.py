@@ -13,7 +13,7 @@ MODULES = [
     "sktransfer._finetune",
     "sktransfer._inspect",
     "sktransfer._persist",
-    "sktransfer._prefix_cache",
+    "sktransfer._frozen_store",
     "sktransfer._pretrain",
     "sktransfer._weight_files",
     "sktransfer.datasets",

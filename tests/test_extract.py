@@ -226,3 +226,47 @@ def test_pipeline_memory_computes_features_once_per_fold(tmp_path):
     # without memory: 12 fits on 200 rows; with it: 3 (one per fold), 9 x 200 fewer
     # (each fit also runs a few probe rows)
     assert 9 * 200 <= seen[0] - seen[1] <= 9 * 210
+
+
+# -- memory: outputs kept per sample, on disk ----------------------------------------
+
+
+def test_memory_keeps_outputs_that_later_transforms_and_fine_tuners_reuse(digits, tmp_path):
+    from sktransfer import FineTunedClassifier, clear_cache
+
+    torch.manual_seed(0)
+    net = make_cnn(5)
+    calls = []
+    net[0].register_forward_pre_hook(lambda module, args: calls.append(len(args[0])))
+    X, y = digits["X_target"][:70], digits["y_target"][:70]
+    folder = str(tmp_path / "cache")
+    clear_cache()
+    plain = FeatureExtractorTransformer(model=net, batch_size=32, **CPU).fit(X).transform(X)
+    calls.clear()
+    fx = FeatureExtractorTransformer(model=net, batch_size=32, memory=folder, **CPU).fit(X)
+    kept = fx.transform(X)
+    np.testing.assert_allclose(kept, plain, rtol=1e-5, atol=1e-6)
+    # fit: its probe and the feature count (2 rows each); 70 rows in padded batches of 32
+    assert sum(calls) == 4 + 96
+    for layer in ("head", 0):  # through the head; an inner block
+        other = FeatureExtractorTransformer(model=net, layer=layer, batch_size=32, **CPU)
+        np.testing.assert_allclose(
+            FeatureExtractorTransformer(model=net, layer=layer, batch_size=32, memory=folder,
+                                        **CPU).fit(X).transform(X),
+            other.fit(X).transform(X), rtol=1e-5, atol=1e-6)
+    clear_cache()  # as a new process: only the folder
+    calls.clear()
+    again = FeatureExtractorTransformer(model=net, batch_size=32, memory=folder, **CPU).fit(X)
+    np.testing.assert_array_equal(again.transform(X[::-1]), kept[::-1])
+    assert sum(calls) == 4  # fit's two rows only
+    # a head-only fine-tuner with the same batch size finds the same blocks' outputs
+    calls.clear()
+    FineTunedClassifier(model=net, freeze_depth="all", batch_size=32, max_epochs=1,
+                        memory=folder, random_state=0, **CPU).fit(X, y)
+    assert sum(calls) == 0
+    # a network changed in place misses
+    with torch.no_grad():
+        net[0].weight.mul_(2)
+    calls.clear()
+    FeatureExtractorTransformer(model=net, batch_size=32, memory=folder, **CPU).fit(X).transform(X)
+    assert sum(calls) == 4 + 96

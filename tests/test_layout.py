@@ -30,7 +30,7 @@ LAYERS = [
     ["_weights"],
     ["_inspect"],
     # shared estimator pieces, then training
-    ["_base"],
+    ["_base", "_frozen_store"],
     ["_prefix_cache", "_penalties", "_accelerate", "_heads"],
     ["_adapt"],
     ["_net"],

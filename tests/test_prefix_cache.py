@@ -1,12 +1,14 @@
-"""The frozen-prefix outputs (``_prefix_cache.py``): the cached result equals the uncached
-one, faster; what the key holds; the store's budget; when the cache is used."""
+"""The frozen outputs (``_prefix_cache.py``): computed once per sample and kept; a kept
+output equals a fresh one bit for bit; what the keys hold (weights, rows, preprocessing,
+depth, batch size); the memory bound; searches (folds, candidates, refit, halving)."""
 
 import numpy as np
 import pytest
 import torch
+from sklearn.model_selection import GridSearchCV, KFold
 from torch import nn
 
-from sktransfer import FineTunedClassifier, FineTunedRegressor
+from sktransfer import FineTunedClassifier, FineTunedRegressor, clear_cache
 
 
 class CountingConv(nn.Conv2d):
@@ -17,6 +19,20 @@ class CountingConv(nn.Conv2d):
     def forward(self, x):
         type(self).calls += len(x)
         return super().forward(x)
+
+
+class CountingBlock(nn.Module):
+    """Counts the samples entering the second block (a start from kept depth-1 outputs)."""
+
+    calls = 0
+
+    def __init__(self, module):
+        super().__init__()
+        self.module = module
+
+    def forward(self, x):
+        type(self).calls += len(x)
+        return self.module(x)
 
 
 def counting_cnn():
@@ -34,33 +50,44 @@ def net():
     return counting_cnn()
 
 
+def _est(net, **params):
+    # what the tests rely on is set explicitly (the defaults may change)
+    kwargs = dict(model=net, freeze_depth=2, max_epochs=2, batch_size=32, lr=1e-2,
+                  penalty="l2_sp", alpha=1e-3, random_state=0, device="cpu")
+    return FineTunedClassifier(**{**kwargs, **params})
+
+
+def _fit_counting(net, X, y, **params):
+    CountingConv.calls = 0
+    est = _est(net, **params).fit(X, y)
+    return est, CountingConv.calls
+
+
 @pytest.mark.parametrize("depth", [1, 3, "all"])
 @pytest.mark.parametrize("early_stopping", [False, True])
-def test_cached_equals_uncached(net, digits, depth, early_stopping):
+def test_kept_outputs_train_like_the_frozen_blocks_run_on_every_batch(net, digits, depth,
+                                                                      early_stopping):
     X, y = digits["X_target"][:160], digits["y_target"][:160]
-    params = dict(model=net, freeze_depth=depth, max_epochs=4, lr=1e-2, batch_size=32,
-                  dropout=0.1, early_stopping=early_stopping, validation_fraction=0.2,
-                  random_state=0, device="cpu")
-    cached = FineTunedClassifier(**params).fit(X, y)
-    plain = FineTunedClassifier(**params, cache_size=0).fit(X, y)
+    params = dict(freeze_depth=depth, max_epochs=4, dropout=0.1, early_stopping=early_stopping,
+                  validation_fraction=0.2)
+    clear_cache()
+    cached = _est(net, **params).fit(X, y)
+    plain = _est(net, **params, cache_size=0).fit(X, y)
+    # cache_size=0 runs the frozen blocks in other batches: float tolerance
     np.testing.assert_allclose(cached.predict_proba(X), plain.predict_proba(X),
                                rtol=1e-4, atol=1e-5)
     losses = [r["train_loss"] for r in cached.history_]
     np.testing.assert_allclose(losses, [r["train_loss"] for r in plain.history_], rtol=1e-4)
 
 
-def test_cache_runs_frozen_blocks_once(net, digits):
+def test_a_fit_runs_the_frozen_blocks_once_per_sample(net, digits):
     X, y = digits["X_target"][:100], digits["y_target"][:100]
-    CountingConv.calls = 0
-    FineTunedClassifier(model=net, freeze_depth=2, max_epochs=5, random_state=0,
-                        device="cpu").fit(X, y)
-    with_cache = CountingConv.calls
-    CountingConv.calls = 0
-    FineTunedClassifier(model=net, freeze_depth=2, max_epochs=5, cache_size=0, random_state=0,
-                        device="cpu").fit(X, y)
-    without = CountingConv.calls
-    # probe (2 samples) + one pass to fill the cache, versus one pass per epoch
-    assert with_cache <= 2 + 1 + 100
+    clear_cache()
+    _, with_cache = _fit_counting(net, X, y, max_epochs=5)
+    _, without = _fit_counting(net, X, y, max_epochs=5, cache_size=0)
+    # 100 rows in batches of exactly 32 (the last one padded): 128; the probe reads
+    # its two samples from them
+    assert with_cache == 128
     assert without >= 5 * 100
 
 
@@ -75,14 +102,13 @@ def test_regressor_uses_cache_too(tabular_source):
 
 def test_over_budget_falls_back_and_says_so(net, digits, capsys):
     X, y = digits["X_target"][:100], digits["y_target"][:100]
-    est = FineTunedClassifier(model=net, freeze_depth=1, max_epochs=1, verbose=1,
-                              cache_size=1e-3, random_state=0, device="cpu").fit(X, y)
+    clear_cache()
+    _est(net, freeze_depth=1, max_epochs=1, verbose=1, cache_size=1e-3).fit(X, y)
     out = capsys.readouterr().out
     assert "Frozen-prefix cache off" in out and "cache_size=0.001 MB" in out
-    cached = FineTunedClassifier(model=net, freeze_depth=1, max_epochs=1, verbose=1,
-                                 random_state=0, device="cpu").fit(X, y)
+    cached = _est(net, freeze_depth=1, max_epochs=1, verbose=1).fit(X, y)
     assert "Frozen-prefix cache on" in capsys.readouterr().out
-    # trained on cached outputs of block 0, the fitted network runs from block 0 again
+    # trained on kept outputs of block 0, the fitted network runs from block 0 again
     assert cached.module_.start_block == 0
     module = cached.module_
     with torch.no_grad():
@@ -92,8 +118,8 @@ def test_over_budget_falls_back_and_says_so(net, digits, capsys):
 
 
 def test_no_cache_without_frozen_blocks(net, digits, capsys):
-    FineTunedClassifier(model=net, freeze_depth=0, max_epochs=1, verbose=1, random_state=0,
-                        device="cpu").fit(digits["X_target"][:50], digits["y_target"][:50])
+    _est(net, freeze_depth=0, max_epochs=1, verbose=1).fit(digits["X_target"][:50],
+                                                           digits["y_target"][:50])
     assert "Frozen-prefix cache" not in capsys.readouterr().out
 
 
@@ -110,51 +136,60 @@ def test_uint8_images_are_cached_after_preprocessing(digits):
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
 
 
-# -- outputs kept between fits ---------------------------------------------------------
+# -- outputs kept per sample, across fits and predictions ---------------------------
 
 
-def _fit_counting(net, X, y, **params):
+def test_a_search_sends_each_sample_through_the_frozen_blocks_once(net, digits, capsys):
+    X, y = digits["X_target"][:96], digits["y_target"][:96]
+    clear_cache()
     CountingConv.calls = 0
-    est = FineTunedClassifier(model=net, max_epochs=2, random_state=0, device="cpu",
-                              **params).fit(X, y)
-    return est, CountingConv.calls
+    search = GridSearchCV(_est(net, max_epochs=1), {"alpha": [1e-3, 1e-1], "lr": [1e-3, 1e-2]},
+                          cv=KFold(3)).fit(X, y)
+    # 12 fits, 12 scorings and the refit: the first fit computes 64 rows (2 batches),
+    # the first scoring the 32 others (without memory=, a prediction keeps nothing:
+    # its memory stays bounded by batch_size), the second fit keeps those 32;
+    # everything else is found kept
+    assert CountingConv.calls == 64 + 32 + 32
+    best = search.best_estimator_
+    CountingConv.calls = 0
+    best.predict(X)
+    assert CountingConv.calls == 0
+    # the same search with nothing kept gives the same results, bit for bit
+    clear_cache()
+    again = GridSearchCV(_est(net, max_epochs=1), {"alpha": [1e-3, 1e-1], "lr": [1e-3, 1e-2]},
+                         cv=KFold(3)).fit(X, y)
+    np.testing.assert_array_equal(again.cv_results_["mean_test_score"],
+                                  search.cv_results_["mean_test_score"])
+    np.testing.assert_array_equal(again.best_estimator_.predict_proba(X),
+                                  best.predict_proba(X))
 
 
-def test_fits_with_the_same_frozen_prefix_share_its_outputs(net, digits, capsys):
-    from sklearn.model_selection import GridSearchCV
-
-    from sktransfer import clear_cache
-
+def test_kept_outputs_equal_fresh_ones_bit_for_bit_whatever_the_order(net, digits, tmp_path):
     X, y = digits["X_target"][:100], digits["y_target"][:100]
     clear_cache()
-    first, calls_first = _fit_counting(net, X, y, freeze_depth=2, alpha=1e-3)
-    again, calls_again = _fit_counting(net, X, y, freeze_depth=2, alpha=1e-3, verbose=1)
-    assert calls_first >= 100 and calls_again <= 3  # the probe and the shape sample only
-    assert "reused from an earlier fit" in capsys.readouterr().out
-    np.testing.assert_array_equal(again.predict_proba(X), first.predict_proba(X))
-    # another alpha, same prefix: a hit, and the result of a fresh computation
-    other, calls_other = _fit_counting(net, X, y, freeze_depth=2, alpha=1.0)
-    assert calls_other <= 3
+    fresh = _est(net).fit(X, y)
+    p_fresh = fresh.predict_proba(X)  # all rows found kept by the fit
     clear_cache()
-    fresh, _ = _fit_counting(net, X, y, freeze_depth=2, alpha=1.0)
-    np.testing.assert_array_equal(other.predict_proba(X), fresh.predict_proba(X))
-    # a search over alpha computes the frozen blocks once per fold (and refit)
-    clear_cache()
+    p_cold = fresh.predict_proba(X)  # the same rows computed by the prediction
+    np.testing.assert_array_equal(p_cold, p_fresh)
     CountingConv.calls = 0
-    GridSearchCV(FineTunedClassifier(model=net, freeze_depth=2, max_epochs=1, random_state=0,
-                                     device="cpu"),
-                 {"alpha": [1e-3, 1e-2, 1e-1, 1.0]}, cv=2).fit(X, y)
-    fits = 4 * 2 + 1
-    # per fit the probe and the shape sample; the frozen blocks once per fold (50
-    # samples each) and for the refit (100); the scoring of 8 fits on 50 samples
-    assert CountingConv.calls <= 3 * fits + (50 + 50 + 100) + 8 * 50
-    # (without the kept outputs, each of the 9 fits runs them: 8 * 50 + 100 more)
+    fresh.predict_proba(X)  # without memory=, predictions keep nothing
+    assert CountingConv.calls == 128
+    # kept by other calls (predictions keep with memory=), in other batches: reversed
+    # rows, then a scattered subset
+    clear_cache()
+    fresh.set_params(memory=str(tmp_path))
+    fresh.predict_proba(X[::-1].copy())
+    fresh.predict_proba(X[::3])
+    CountingConv.calls = 0
+    hit = _est(net).fit(X, y)
+    assert CountingConv.calls == 0
+    np.testing.assert_array_equal(hit.predict_proba(X), p_fresh)
+    np.testing.assert_array_equal(hit.predict_proba(X[7:9]), p_fresh[7:9])
 
 
-def test_changed_weights_or_data_do_not_reuse_outputs(net, digits):
+def test_changed_weights_rows_preprocessing_or_batch_size_miss(net, digits):
     import copy
-
-    from sktransfer import clear_cache
 
     X, y = digits["X_target"][:100], digits["y_target"][:100]
     clear_cache()
@@ -163,98 +198,136 @@ def test_changed_weights_or_data_do_not_reuse_outputs(net, digits):
     with torch.no_grad():
         changed[0].weight.mul_(1.5)  # the first (frozen) block's weights
     est, calls = _fit_counting(changed, X, y, freeze_depth=1)
-    assert calls >= 100
-    plain = FineTunedClassifier(model=changed, freeze_depth=1, max_epochs=2, random_state=0,
-                                device="cpu", cache_size=0).fit(X, y)
-    np.testing.assert_allclose(est.predict_proba(X), plain.predict_proba(X), rtol=1e-4,
-                               atol=1e-5)
+    assert calls == 128  # every row again
+    clear_cache()
+    np.testing.assert_array_equal(est.predict_proba(X), _est(changed, freeze_depth=1).fit(
+        X, y).predict_proba(X))
+    # a source changed in place misses too (the key holds the weights, not the object)
+    source = copy.deepcopy(net)
+    _fit_counting(source, X, y, freeze_depth=1)
+    with torch.no_grad():
+        source[0].bias.add_(0.1)
+    _, calls = _fit_counting(source, X, y, freeze_depth=1)
+    assert calls == 128
+    source[0].weight.data[3, 0, 1, 2] += 1e-6  # one value, behind autograd's back
+    _, calls = _fit_counting(source, X, y, freeze_depth=1)
+    assert calls == 128
+    # one row differs: that row only, in one (padded) batch
     X2 = X.copy()
-    X2[0, 0, 0, 0] += 0.5  # one pixel differs
+    X2[0, 0, 0, 0] += 0.5
     _, calls = _fit_counting(net, X2, y, freeze_depth=1)
-    assert calls >= 100
-    _, calls = _fit_counting(net, X, y, freeze_depth=1, batch_size=16)  # batch size is in the key
-    assert calls >= 100
+    assert calls == 32
+    _, calls = _fit_counting(net, X, y, freeze_depth=1, batch_size=16)  # in the key
+    assert calls == 112
+
+
+def test_changed_preprocessing_misses(digits):
+    torch.manual_seed(0)
+    rgb = nn.Sequential(CountingConv(3, 4, 3, padding=1), nn.ReLU(), nn.Flatten(),
+                        nn.Linear(4 * 12 * 12, 5))
+    X = (np.repeat(digits["X_target"][:40], 3, axis=1).transpose(0, 2, 3, 1) * 255)
+    X, y = X.astype(np.uint8), digits["y_target"][:40]
+
+    def scale(batch):
+        return batch.float() / 255
+
+    def shift(batch):
+        return batch.float() / 255 - 0.5
+
+    clear_cache()
+    for preprocess, expected in [(scale, 64), (scale, 0), (shift, 64)]:
+        _, calls = _fit_counting(rgb, X, y, freeze_depth=1, preprocess=preprocess)
+        assert calls == expected
+
+
+def test_prediction_keys_the_fitted_networks_own_frozen_weights(net, digits):
+    """A fitted network whose frozen blocks differ from the source's (as weight-space
+    ensembling would make them) must not reuse the source's outputs."""
+    X, y = digits["X_target"][:64], digits["y_target"][:64]
+    clear_cache()
+    est, _ = _fit_counting(net, X, y, freeze_depth=1)
+    with torch.no_grad():
+        est.module_.blocks[0].weight.data.mul_(0.5)  # behind autograd's back
+    CountingConv.calls = 0
+    proba = est.predict_proba(X)
+    assert CountingConv.calls == 64
+    module = est.module_
+    with torch.no_grad():
+        expected = torch.softmax(module(torch.as_tensor(X)).double(), 1).numpy()
+    np.testing.assert_allclose(proba, expected, rtol=1e-6, atol=1e-7)
+
+
+def test_a_deeper_prefix_starts_from_kept_shallower_outputs(digits):
+    torch.manual_seed(0)
+    source = nn.Sequential(
+        CountingConv(1, 8, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+        CountingBlock(nn.Conv2d(8, 8, 3, padding=1)), nn.ReLU(), nn.Flatten(),
+        nn.Linear(8 * 6 * 6, 16), nn.ReLU(), nn.Linear(16, 5))
+    X, y = digits["X_target"][:64], digits["y_target"][:64]
+    clear_cache()
+    _fit_counting(source, X, y, freeze_depth=1)
+    CountingBlock.calls = 0
+    deeper, calls = _fit_counting(source, X, y, freeze_depth=2)
+    assert calls == 0 and CountingBlock.calls == 64  # block 1 only, on kept block-0 outputs
+    clear_cache()
+    fresh, calls = _fit_counting(source, X, y, freeze_depth=2)
+    assert calls == 64
+    np.testing.assert_array_equal(deeper.predict_proba(X), fresh.predict_proba(X))
 
 
 def test_kept_outputs_stay_within_cache_size(net, digits):
-    from sktransfer import _prefix_cache, clear_cache
+    from sktransfer._frozen_store import STORE
 
-    X, y = digits["X_target"][:100], digits["y_target"][:100]
+    X, y = digits["X_target"][:96], digits["y_target"][:96]
     clear_cache()
-    one = 4 * 100 * 8 * 12 * 12  # the outputs of block 0 (the conv; BatchNorm is block 1)
+    one = 4 * 96 * 8 * 12 * 12  # the outputs of block 0 (the conv; BatchNorm is block 1)
     budget = 1.5 * one / 2**20
     _fit_counting(net, X, y, freeze_depth=1, cache_size=budget)
-    _fit_counting(net, X[::-1].copy(), y[::-1].copy(), freeze_depth=1, cache_size=budget)
-    assert len(_prefix_cache._STORE) == 1  # the older entry was evicted
-    assert clear_cache() == 1 and clear_cache() == 0
+    assert STORE.nbytes == one
+    _fit_counting(net, X[::-1] + 1, y[::-1], freeze_depth=1, cache_size=budget)
+    assert 0 < STORE.nbytes <= budget * 2**20
+    # the most recent rows were kept, the oldest evicted
+    _, calls = _fit_counting(net, X[::-1] + 1, y[::-1], freeze_depth=1, cache_size=budget)
+    assert calls == 0
+    _, calls = _fit_counting(net, X, y, freeze_depth=1, cache_size=budget)
+    assert calls > 0
+    assert clear_cache() > 0 and clear_cache() == 0 and STORE.nbytes == 0
 
 
-# -- the module's pieces ----------------------------------------------------------
+def test_successive_halving_over_max_epochs(net, digits):
+    from sklearn.experimental import enable_halving_search_cv  # noqa: F401
+    from sklearn.model_selection import HalvingGridSearchCV
 
-
-def _frozen_prefix():
-    torch.manual_seed(0)
-    from sktransfer import split_model
-
-    return split_model(nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 6), nn.ReLU(),
-                                     nn.Linear(6, 2)))
-
-
-def test_the_key_follows_weights_data_batch_size_and_device():
-    from sktransfer._inputs import InputData
-    from sktransfer._prefix_cache import prefix_key
-
-    bnet = _frozen_prefix()
-    X = np.random.RandomState(0).normal(size=(6, 4)).astype(np.float32)
-    data = InputData(X, "tabular")
-    key = prefix_key(bnet.blocks[:1], data, None, 32, "cpu")
-    assert key == prefix_key(_frozen_prefix().blocks[:1], InputData(X.copy(), "tabular"),
-                             None, 32, "cpu")  # contents, not identities
-    assert key != prefix_key(bnet.blocks[:2], data, None, 32, "cpu")
-    assert key != prefix_key(bnet.blocks[:1], data, None, 16, "cpu")
-    assert key != prefix_key(bnet.blocks[:1], InputData(X + 1, "tabular"), None, 32, "cpu")
-    with torch.no_grad():
-        bnet.blocks[0][0].weight[0, 0] += 1
-    assert key != prefix_key(bnet.blocks[:1], data, None, 32, "cpu")
-    # image files may change on disk: never cached
-    assert prefix_key(bnet.blocks[:1], InputData(["a.png"], "files"), None, 32, "cpu") is None
-
-
-def test_the_store_keeps_recently_used_entries_within_the_budget():
-    from sktransfer._prefix_cache import clear_cache, lookup, store
-
+    X, y = digits["X_target"][:96], digits["y_target"][:96]
     clear_cache()
-    one = torch.zeros(256)  # 1 kB
-    store("a", one, 2048)
-    store("b", one, 2048)
-    assert lookup("a") is one  # "a" is now the most recently used
-    store("c", one, 2048)  # over budget: the least recently used ("b") goes
-    assert lookup("b") is None and lookup("a") is one and lookup("c") is one
-    store("huge", torch.zeros(1024), 2048)  # larger than the budget: not kept
-    assert lookup("huge") is None
-    assert clear_cache() == 2
+    CountingConv.calls = 0
+    search = HalvingGridSearchCV(
+        _est(net, freeze_depth="all", max_epochs=1),
+        {"alpha": [1e-4, 1e-2], "lr": [1e-3, 3e-3, 1e-2, 3e-2]}, cv=KFold(3),
+        resource="max_epochs", min_resources=1, max_resources=4, factor=2,
+        random_state=0).fit(X, y)
+    assert search.n_resources_ == [1, 2, 4]
+    assert search.best_estimator_.max_epochs == 4
+    assert search.best_estimator_.n_iter_ == 4
+    # the first fold's test rows twice (its scoring keeps nothing), then every
+    # iteration, fit and scoring reuses the rows
+    assert CountingConv.calls == 128
 
 
-def test_training_inputs_and_starting_at():
-    from sktransfer._inputs import InputData
-    from sktransfer._prefix_cache import clear_cache, starting_at, training_inputs
+def test_successive_halving_random_search_over_max_epochs(net, digits):
+    from scipy.stats import loguniform
+    from sklearn.experimental import enable_halving_search_cv  # noqa: F401
+    from sklearn.model_selection import HalvingRandomSearchCV
 
+    X, y = digits["X_target"][:96], digits["y_target"][:96]
     clear_cache()
-    bnet = _frozen_prefix()
-    X = np.random.RandomState(0).normal(size=(6, 4)).astype(np.float32)
-    data = InputData(X, "tabular")
-    common = dict(batch_size=4, cache_size=1)
-    raw, start = training_inputs(bnet, data, 0, None, "cpu", **common)
-    assert start == 0 and torch.equal(raw, torch.as_tensor(X))  # nothing frozen
-    raw, start = training_inputs(bnet, data, 1, None, "cpu", augment=lambda b: b, **common)
-    assert start == 0  # augmented inputs: the frozen blocks must see them
-    raw, start = training_inputs(bnet, data, 1, None, "cpu", batch_size=4, cache_size=1e-5)
-    assert start == 0  # over budget
-    cached, start = training_inputs(bnet, data, 1, None, "cpu", **common)
-    assert start == 1
-    with torch.no_grad():
-        torch.testing.assert_close(cached, bnet.blocks[0](torch.as_tensor(X)))
-    with pytest.raises(RuntimeError), starting_at(bnet, 1):
-        assert bnet(cached).shape == (6, 2)  # runs from block 1 on the cached outputs
-        raise RuntimeError
-    assert bnet.start_block == 0  # reset, even when training fails
+    CountingConv.calls = 0
+    search = HalvingRandomSearchCV(
+        _est(net, freeze_depth="all", max_epochs=1),
+        {"alpha": loguniform(1e-4, 1e-1), "lr": loguniform(1e-3, 3e-2)}, n_candidates=4,
+        cv=KFold(3), resource="max_epochs", min_resources=1, max_resources=3, factor=3,
+        random_state=0).fit(X, y)
+    assert search.n_resources_ == [1, 3]
+    assert search.n_candidates_ == [4, 2]
+    assert search.best_estimator_.n_iter_ == 3
+    assert CountingConv.calls == 128  # as above
