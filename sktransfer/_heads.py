@@ -21,6 +21,10 @@ import warnings
 
 import numpy as np
 import torch
+try:  # joblib >= 1.3
+    from joblib import parallel_config
+except ImportError:  # pragma: no cover
+    from joblib import parallel_backend as parallel_config
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model import LogisticRegression, LogisticRegressionCV, RidgeCV
 from sklearn.model_selection import StratifiedKFold
@@ -147,9 +151,13 @@ def _fit_linear(Z, y, classification, n_out, weights):
         smallest = int(np.bincount(y)[present].min())
         if smallest >= 2:
             folds = StratifiedKFold(min(3, smallest))
-            model = LogisticRegressionCV(Cs=PROBE_GRID, cv=folds, max_iter=1000,
+            model = LogisticRegressionCV(Cs=PROBE_GRID, cv=folds, max_iter=1000, n_jobs=1,
                                          scoring="neg_log_loss", **_LEGACY_OFF)
-            model.fit(Z, y, sample_weight=weights)
+            # its folds in this thread: inside a search on a dask or Ray backend, joblib
+            # would send them to the cluster, whose workers are busy with the search's
+            # own fits (a deadlock, seen with 2 dask workers), even with n_jobs=1
+            with parallel_config(backend="sequential"):
+                model.fit(Z, y, sample_weight=weights)
             C = float(np.ravel(model.C_)[0])
         else:
             C = 1.0
