@@ -302,7 +302,7 @@ fig.savefig(OUTPUT_DIR / "digits_transfer_accuracy.png", dpi=120)
 # Learning curves
 # ---------------
 # ``history_`` holds one row per epoch, with the number of optimisation steps
-# it took (``train_steps``). The two methods run different numbers of epochs
+# it took (``steps``). The two methods run different numbers of epochs
 # (fine-tuning's ``max_epochs="auto"`` budgets steps), so the curves are drawn
 # against steps. For the searches we read ``best_estimator_``, the model
 # refitted on all labelled images with the chosen settings. The fine-tuning
@@ -315,7 +315,7 @@ CURVE_BUDGET = BUDGETS[1] if len(BUDGETS) > 2 else BUDGETS[0]
 def train_curve(est):
     """(steps at the end of each epoch, training loss of each epoch)."""
     est = getattr(est, "best_estimator_", est)
-    steps = np.cumsum([row["train_steps"] for row in est.history_])
+    steps = np.cumsum([row["steps"] for row in est.history_])
     return steps, np.array([row["train_loss"] for row in est.history_])
 
 

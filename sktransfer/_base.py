@@ -158,7 +158,7 @@ class NetEstimatorMixin:
         out, start, pending = None, 0, None
         with torch.inference_mode(), autocast(device, dtype):
             for batch in iter_batches(data, self.batch_size, preprocess, device):
-                part = fn(batch)
+                part = _full_batch(fn, batch, self.batch_size)
                 if out is None:
                     out = torch.empty((len(data), *part.shape[1:]), dtype=torch.float32)
                 if not (overlap and part.is_cuda):
@@ -175,6 +175,17 @@ class NetEstimatorMixin:
             if pending is not None:
                 _write(out, *pending)
         return out
+
+
+def _full_batch(fn, batch, size):
+    """``fn(batch)``, a short last batch padded to ``size`` rows (its last row
+    repeated) and the padding dropped: every row goes through matrix products of
+    one shape, so its output does not depend on the rows predicted with it
+    (BLAS kernels round differently for other shapes)."""
+    n = len(batch) if isinstance(batch, torch.Tensor) else None
+    if n is None or n == size or n == 0:
+        return fn(batch)
+    return fn(torch.cat([batch, batch[-1:].expand(size - n, *batch.shape[1:])]))[:n]
 
 
 def _write(out, host, done, start):

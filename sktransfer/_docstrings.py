@@ -162,7 +162,7 @@ max_epochs : int or "auto", default="auto"
     budget in optimisation steps that fits the data size: ``max(10,
     ceil(500 / steps per epoch))`` epochs, so 25 samples get 500 steps of
     one batch and a 10,000-row table 10 passes. The epochs used are in
-    ``max_epochs_``, the steps of each in ``history_[i]["train_steps"]``.
+    ``max_epochs_``, the steps of each in ``history_[i]["steps"]``.
     With early stopping and ``"auto"`` the patience is at least a tenth of
     the epochs.
 batch_size : int, default=16
@@ -192,8 +192,8 @@ head_init : {"probe", "random"}, default="probe"
     fitted on the pretrained network's features of the training rows; the
     head then keeps the probe's own L2 strength in place of ``penalty``'s
     term for the head, so that with ``freeze_depth="all"`` the fit stays at
-    the probe (with ``penalty=None`` nothing is regularised: the head only
-    starts at the probe). Costs one
+    the probe (with ``penalty=None`` or ``alpha=0`` nothing is regularised:
+    the head only starts at the probe). Costs one
     pass of the network over the training rows. An MLP head
     (``head_hidden_sizes``) gets the standardised input and a random
     initialisation. ``"random"``: PyTorch's initialisation (seeded), the
@@ -276,7 +276,7 @@ FINETUNE_ATTRIBUTES = """\
 history_ : list of dict
     One dict per epoch: ``epoch``, ``train_loss`` (the objective: mean loss
     plus ``alpha * R(theta)``), ``train_data_loss`` (the mean loss alone),
-    ``valid_loss`` (with early stopping; never penalised), ``train_steps``
+    ``valid_loss`` (with early stopping; never penalised), ``steps``
     (optimisation steps), ``dur`` and skorch's bookkeeping.
 n_iter_ : int
     Number of epochs run.

@@ -281,8 +281,8 @@ class _BaseFineTuned(WeightsFileMixin, TransferEstimatorMixin, Trainer, BaseEsti
                                  self.batch_size, start=start)[rows]
         l2 = probe_head(module, features, y[rows].numpy(), classification=is_classifier(self),
                         sample_weight=None if weights is None else weights[rows].numpy())
-        # penalty=None regularises nothing: the head only starts at the probe
-        return None if self.penalty is None else l2
+        # penalty=None (or alpha=0) regularises nothing: the head only starts at the probe
+        return None if self.penalty is None or self.alpha == 0 else l2
 
     def _sample_weights(self, data, y, sample_weight):
         """Per-sample weights as a float32 tensor, or ``None`` when all are equal."""

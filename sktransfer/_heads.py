@@ -208,6 +208,7 @@ def probe_head(net, features, y, *, classification, sample_weight=None):
         x = pool[0](features) if pool else features
     F = x.double().cpu().numpy()
     w = np.ones(len(F)) if sample_weight is None else np.asarray(sample_weight, np.float64)
+    w = w * (len(w) / w.sum())  # mean 1: the net's weighted mean loss ignores their scale
     # unweighted statistics, as a Pipeline(StandardScaler(), LogisticRegression())
     # fitted with sample weights for the linear model would have them
     mean, std = F.mean(axis=0), F.std(axis=0)

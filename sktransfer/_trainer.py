@@ -119,7 +119,7 @@ def finish_fit(net, module, start_state):
     """After ``net.fit``: warn about an interruption, free gradients, eval mode.
 
     Returns ``history_`` rows: one plain dict per epoch (skorch's per-batch
-    records left out, their number of training steps as ``train_steps``,
+    records left out, their number of training steps as ``steps``,
     numpy floats as Python floats).
     """
     if net.interrupted_epoch_ is not None:
@@ -138,7 +138,7 @@ def finish_fit(net, module, start_state):
         {**{k: (float(v) if isinstance(v, np.floating) else v)
             for k, v in row.items() if k != "batches"},
          # optimisation steps of the epoch (max_epochs="auto" budgets steps)
-         "train_steps": sum("train_batch_size" in b for b in row.get("batches", ()))}
+         "steps": sum("train_batch_size" in b for b in row.get("batches", ()))}
         for row in net.history
     ]
 

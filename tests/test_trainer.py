@@ -167,7 +167,7 @@ def test_the_auto_budget_gives_the_promised_number_of_steps():
     y = (X[:, 0] > 0).astype(int)
     clf = FineTunedClassifier(model=tiny_mlp(), batch_size=8, random_state=0,
                               device="cpu").fit(X, y)
-    steps = sum(row["train_steps"] for row in clf.history_)
+    steps = sum(row["steps"] for row in clf.history_)
     assert (clf.max_epochs_, clf.n_iter_, steps) == (100, 100, 500)
     fixed = FineTunedClassifier(model=tiny_mlp(), batch_size=8, max_epochs=3,
                                 random_state=0, device="cpu").fit(X, y)
