@@ -314,7 +314,7 @@ class _BaseFineTuned(WeightsFileMixin, TransferEstimatorMixin, Trainer, BaseEsti
                 lambda x: module.forward_head(module.forward_features(x, start=depth)),
                 batch_size=self.batch_size, cache_size=self.cache_size, memory=self.memory)
         if out is None:
-            out = self._map_batches(data, module, self._preprocess)
+            out = self._map_batches(data, module, self._preprocess, pad=True)
         return out
 
     def __sktransfer_model__(self):
