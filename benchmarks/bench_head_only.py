@@ -54,7 +54,8 @@ def sktransfer_fit(X, y, epochs, device):
     # every timed fit computes its frozen outputs: none kept from an earlier repeat
     clear_cache()
     return FineTunedClassifier(
-        model=resnet18(), freeze_depth="all", penalty=None, lr=1e-3, max_epochs=epochs,
+        model=resnet18(), freeze_depth="all", penalty=None, head_init="random", lr=1e-3,
+        max_epochs=epochs,
         batch_size=32, random_state=0, device=device,
     ).fit(X, y)
 

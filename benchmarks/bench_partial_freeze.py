@@ -34,7 +34,7 @@ def sktransfer_fit(X, y, epochs, device):
     # every timed fit computes its frozen outputs: none kept from an earlier repeat
     clear_cache()
     return FineTunedClassifier(
-        model=resnet18(), freeze_depth=3, penalty=None, backbone_lr_scale=1.0, lr=1e-3,
+        model=resnet18(), freeze_depth=3, penalty=None, head_init="random", lr=1e-3,
         max_epochs=epochs, batch_size=32, random_state=0, device=device,
     ).fit(X, y)
 

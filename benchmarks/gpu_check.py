@@ -406,9 +406,10 @@ class Context:
         return self.shared("data", make)
 
     def classifier(self, **params):
+        # random weights (nothing is downloaded): a random head, as the hand loops have
         base = dict(model=self.model(), freeze_depth=0, penalty=None, lr=self.lr,
                     backbone_lr_scale=1.0, max_epochs=self.epochs, batch_size=self.batch,
-                    random_state=0, device=self.device, verbose=0)
+                    head_init="random", random_state=0, device=self.device, verbose=0)
         base.update(params)
         return FineTunedClassifier(**base)
 
@@ -779,7 +780,8 @@ def hand_head_only(ctx, X, y, dtype):
 
 def _sk_params(ctx, dtype, **params):
     base = dict(model=_speed_model(ctx), penalty=None, lr=1e-3, backbone_lr_scale=1.0,
-                batch_size=ctx.speed_batch, random_state=0, device=ctx.device)
+                batch_size=ctx.speed_batch, head_init="random", random_state=0,
+                device=ctx.device)
     if dtype is not None:
         if not ctx.has_param(FineTunedClassifier, "precision"):
             raise Skip("no precision parameter: sktransfer cannot run mixed precision "

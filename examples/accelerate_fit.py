@@ -77,7 +77,7 @@ def main():
 
     # pretraining on the source table, spread over the processes as well
     start = time.perf_counter()
-    source = FineTunedRegressor(model=make_mlp, penalty=None, backbone_lr_scale=1.0,
+    source = FineTunedRegressor(model=make_mlp, penalty=None, head_init="random",
                                 lr=3e-3, max_epochs=20, batch_size=64, random_state=0,
                                 accelerator=accelerator).fit(X_source, y_source)
     say(f"source pretrained in {time.perf_counter() - start:.1f} s")

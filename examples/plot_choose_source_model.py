@@ -129,7 +129,7 @@ print(f"source: {len(X_source)} images of digits 0-4; target: a pool of {len(X_p
 def pretrain(X, y, epochs):
     """Train ``make_digits_cnn()`` on a source set with sktransfer."""
     return FineTunedClassifier(
-        model=make_digits_cnn, penalty=None, lr=3e-3, backbone_lr_scale=1.0, max_epochs=epochs,
+        model=make_digits_cnn, penalty=None, head_init="random", lr=3e-3, max_epochs=epochs,
         batch_size=64, random_state=0,
     ).fit(X, y)
 

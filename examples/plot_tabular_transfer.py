@@ -187,7 +187,7 @@ def make_mlp(seed=0):
 
 t0 = time.perf_counter()
 source_reg = FineTunedRegressor(
-    model=make_mlp, penalty=None, backbone_lr_scale=1.0, lr=3e-3,
+    model=make_mlp, penalty=None, head_init="random", backbone_lr_scale=1.0, lr=3e-3,
     max_epochs=PRETRAIN_EPOCHS, batch_size=128, random_state=0,
 ).fit(X_src_train, y_src_train)
 source_r2 = source_reg.score(X_src_test, y_src_test)
@@ -213,6 +213,7 @@ def fine_tuned(seed):
 def from_scratch(seed):
     """The same architecture, randomly initialised, one learning rate for all."""
     return FineTunedClassifier(model=partial(make_mlp, seed=seed), penalty=None,
+                               head_init="random",
                                backbone_lr_scale=1.0, random_state=seed, **TRAINING)
 
 

@@ -138,12 +138,15 @@ class NetEstimatorMixin:
                 state["device_"] = "cpu"
         return state
 
-    def _map_batches(self, data, fn, preprocess=None):
+    def _map_batches(self, data, fn, preprocess=None, pad=False):
         """``fn`` over ``data`` batch by batch (eval, inference mode) into one array.
 
         The output (float32, on the CPU) is allocated once from the first batch
         and filled in place: memory stays bounded by ``batch_size`` plus the
-        result, and no list of per-batch pieces fragments the heap. ``fn`` runs
+        result, and no list of per-batch pieces fragments the heap. ``pad``: a
+        short last batch is padded to ``batch_size`` rows, so that a row's output
+        does not depend on the rows predicted with it (the fine-tuners'
+        predictions; BLAS rounds differently for other shapes). ``fn`` runs
         under autocast in the estimator's ``precision`` where this device has it
         (float32 elsewhere, e.g. a GPU fit unpickled on a CPU).
 
@@ -158,7 +161,7 @@ class NetEstimatorMixin:
         out, start, pending = None, 0, None
         with torch.inference_mode(), autocast(device, dtype):
             for batch in iter_batches(data, self.batch_size, preprocess, device):
-                part = fn(batch)
+                part = _full_batch(fn, batch, self.batch_size) if pad else fn(batch)
                 if out is None:
                     out = torch.empty((len(data), *part.shape[1:]), dtype=torch.float32)
                 if not (overlap and part.is_cuda):
@@ -175,6 +178,17 @@ class NetEstimatorMixin:
             if pending is not None:
                 _write(out, *pending)
         return out
+
+
+def _full_batch(fn, batch, size):
+    """``fn(batch)``, a short last batch padded to ``size`` rows (its last row
+    repeated) and the padding dropped: every row goes through matrix products of
+    one shape, so its output does not depend on the rows predicted with it
+    (BLAS kernels round differently for other shapes)."""
+    n = len(batch) if isinstance(batch, torch.Tensor) else None
+    if n is None or n == size or n == 0:
+        return fn(batch)
+    return fn(torch.cat([batch, batch[-1:].expand(size - n, *batch.shape[1:])]))[:n]
 
 
 def _write(out, host, done, start):

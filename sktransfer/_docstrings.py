@@ -84,8 +84,12 @@ alpha : float, default=1e-3
     papers' values: ``"bss"`` 1e-3, ``"co_tuning"`` about 1 to 3.
 lr : float, default=1e-3
     Learning rate of the head (and any new parameters).
-backbone_lr_scale : float, default=0.1
-    The unfrozen pretrained blocks train at ``lr * backbone_lr_scale``.
+backbone_lr_scale : float, default=1.0
+    The unfrozen pretrained blocks train at ``lr * backbone_lr_scale``. With
+    a probe-initialised head (the default) the pretrained blocks need no
+    smaller rate to survive the first steps; ``0.1`` (the default before
+    ``head_init``) lost 5-20 points on the image tasks of
+    ``benchmarks/bench_quality.py``.
 layer_decay : float in (0, 1] or None, default=None
     Layer-wise learning-rate decay: the top pretrained block trains at
     ``lr * backbone_lr_scale``, the block ``i`` places below it at
@@ -153,10 +157,18 @@ augment : callable or None, default=None
     torch's random generator from ``random_state``, so an augment drawing
     from torch (``torch.rand``, torchvision transforms) is reproducible; one
     drawing from numpy's global generator is not.
-max_epochs : int, default=50
-    Maximum number of passes over the training data.
-batch_size : int, default=32
-    Samples per training step.
+max_epochs : int or "auto", default="auto"
+    Maximum number of passes over the training data. ``"auto"`` sets a
+    budget in optimisation steps that fits the data size: ``max(10,
+    ceil(500 / steps per epoch))`` epochs, so 25 samples get 500 steps of
+    one batch and a 10,000-row table 10 passes. The epochs used are in
+    ``max_epochs_``, the steps of each in ``history_[i]["steps"]``.
+    With early stopping and ``"auto"`` the patience is at least a tenth of
+    the epochs.
+batch_size : int, default=16
+    Samples per training step (16: the best mean over the tasks of
+    ``benchmarks/bench_quality.py``, by 0.7 points over 32; with
+    ``max_epochs="auto"`` the number of steps is the same either way).
 optimizer : {"adamw", "adam", "sgd"} or torch optimizer class, default="adamw"
     The optimizer (``"sgd"`` uses ``momentum``).
 weight_decay : float, default=0.0
@@ -170,6 +182,22 @@ dropout : float, default=0.0
 reuse_head : bool, default=False
     Keep the pretrained head instead of a new one (same output space on
     source and target); the head is then penalised like a pretrained block.
+head_init : {"probe", "random"}, default="probe"
+    How a new head starts. ``"probe"`` (LP-FT, Kumar et al., 2022): the
+    head's input is standardised with the training features' mean and
+    standard deviation (a fixed ``Standardize`` layer, part of the head),
+    and its linear layer starts as scikit-learn's ``LogisticRegressionCV``
+    (classifier; C in 1e-3..1e3, stratified 3-fold, log-loss; sample and
+    class weights passed on) or ``RidgeCV`` (regressor, multi-output)
+    fitted on the pretrained network's features of the training rows; the
+    head then keeps the probe's own L2 strength in place of ``penalty``'s
+    term for the head, so that with ``freeze_depth="all"`` the fit stays at
+    the probe (with ``penalty=None`` or ``alpha=0`` nothing is regularised:
+    the head only starts at the probe). Costs one
+    pass of the network over the training rows. An MLP head
+    (``head_hidden_sizes``) gets the standardised input and a random
+    initialisation. ``"random"``: PyTorch's initialisation (seeded), the
+    head penalised by ``penalty`` like before. Ignored with ``reuse_head``.
 early_stopping : bool, default=False
     Hold out ``validation_fraction`` of the training data (stratified by class
     for the classifier) and stop
@@ -243,8 +271,27 @@ net_kwargs : dict or None, default=None
 
 FINETUNE_PARAMS = FINETUNE_PARAMS.replace("{device_params}", DEVICE_PARAMS)
 
+#: the fitted attributes that FineTunedClassifier and FineTunedRegressor share
+FINETUNE_ATTRIBUTES = """\
+history_ : list of dict
+    One dict per epoch: ``epoch``, ``train_loss`` (the objective: mean loss
+    plus ``alpha * R(theta)``), ``train_data_loss`` (the mean loss alone),
+    ``valid_loss`` (with early stopping; never penalised), ``steps``
+    (optimisation steps), ``dur`` and skorch's bookkeeping.
+n_iter_ : int
+    Number of epochs run.
+max_epochs_ : int
+    The epoch budget of this fit (``max_epochs``, or what ``"auto"`` gave).
+blocks_ : list of str
+    The block names.
+freeze_depth_ : int
+    The number of leading frozen blocks.
+train_blocks_ : list of int
+    The blocks that trained (besides the head).
+"""
+
 FRAGMENTS = {"model_params": MODEL_PARAMS, "finetune_params": FINETUNE_PARAMS,
-             "device_params": DEVICE_PARAMS}
+             "device_params": DEVICE_PARAMS, "finetune_attributes": FINETUNE_ATTRIBUTES}
 
 _FRAGMENT_LINE = re.compile(r"^(\s*)\{(\w+)\}\s*$")
 

@@ -34,7 +34,7 @@ from ._base import (
 from ._blocks import check_freeze_depth, freeze_blocks
 from ._device import autocast, autocast_dtype, check_precision
 from ._docstrings import fill_doc
-from ._heads import attach_head, check_hidden_sizes
+from ._heads import attach_head, check_hidden_sizes, head_features, probe_head
 from ._inputs import source_nan_columns, validate_input
 from ._net import BatchDataset, TransferNet
 from ._persist import WeightsFileMixin
@@ -78,20 +78,22 @@ class _BaseFineTuned(WeightsFileMixin, TransferEstimatorMixin, Trainer, BaseEsti
         "head_hidden_sizes": ["array-like"],
         "dropout": [Interval(numbers.Real, 0, 1, closed="left")],
         "reuse_head": ["boolean"],
+        "head_init": [StrOptions({"probe", "random"})],
+        "max_epochs": [Interval(numbers.Integral, 1, None, closed="left"), StrOptions({"auto"})],
         "cache_size": [Interval(numbers.Real, 0, None, closed="left")],
         # a folder or a joblib.Memory, as Pipeline's memory (_frozen_store.disk_store)
         "memory": [None, str, os.PathLike, HasMethods(["cache"])],
     }
 
     def __init__(self, model=None, weights=None, *, freeze_depth=0, penalty="l2_sp",
-                 alpha=1e-3, lr=1e-3, backbone_lr_scale=0.1, layer_decay=None,
+                 alpha=1e-3, lr=1e-3, backbone_lr_scale=1.0, layer_decay=None,
                  lr_schedule=None, unfreeze_every=None,
                  train_blocks=None, train_params="all", adapter=None, adapter_rank=8,
                  adapter_alpha=16.0, bn="train", wise=1.0,
-                 augment=None, max_epochs=50,
-                 batch_size=32,
+                 augment=None, max_epochs="auto",
+                 batch_size=16,
                  optimizer="adamw", weight_decay=0.0, momentum=0.9, head_hidden_sizes=(),
-                 dropout=0.0, reuse_head=False, early_stopping=False,
+                 dropout=0.0, reuse_head=False, head_init="probe", early_stopping=False,
                  validation_fraction=0.1, n_iter_no_change=10, tol=1e-4, cache_size=1024,
                  memory=None, random_state=None,
                  device="auto", precision="32", accelerator=None, preprocess="auto",
@@ -231,10 +233,12 @@ class _BaseFineTuned(WeightsFileMixin, TransferEstimatorMixin, Trainer, BaseEsti
             resolved.net, features, classification=is_classifier(self),
             reuse_head=self.reuse_head)
         module, _, new_prefixes = self._build_module(resolved, features, n_out, seed)
+        train_idx, valid_idx = self._validation_split(len(data), stratify, seed)
+        head_l2 = self._init_head(module, data, preprocess, device, y_tensor, weights,
+                                  train_idx)
         # which blocks and parameters train, adapters, WiSE-FT's theta_s (_adapt.py)
         plan = adapt(module, **{k: getattr(self, k) for k in ADAPT_PARAMS},
                      pretrained_head=self.reuse_head, source_head=source_head, seed=seed)
-        train_idx, valid_idx = self._validation_split(len(data), stratify, seed)
         X_train, start = kept["X"], kept["start"]
         dataset = BatchDataset(X_train, y_tensor, preprocess, sample_weight=weights)
         relationship = None if source_head is None else source_relationship(
@@ -244,7 +248,7 @@ class _BaseFineTuned(WeightsFileMixin, TransferEstimatorMixin, Trainer, BaseEsti
             penalty=self.penalty, alpha=float(self.alpha),
             backbone_lr_scale=float(self.backbone_lr_scale), layer_decay=self.layer_decay,
             new_prefixes=new_prefixes, weighted=weights is not None,
-            unfreeze_every=self.unfreeze_every, relationship=relationship,
+            unfreeze_every=self.unfreeze_every, relationship=relationship, head_l2=head_l2,
             **plan.net_params())
         with starting_at(module, start):
             module, history = self._train(net, dataset, train_idx, seed, device,
@@ -258,7 +262,27 @@ class _BaseFineTuned(WeightsFileMixin, TransferEstimatorMixin, Trainer, BaseEsti
         self.train_blocks_ = plan.trained
         self.history_ = history
         self.n_iter_ = len(history)
+        self.max_epochs_ = self._n_epochs(len(train_idx))
         return self
+
+    def _init_head(self, module, data, preprocess, device, y, weights, train_idx):
+        """``head_init="probe"``: the new head fitted as a linear probe on the training
+        rows (``_heads.probe_head``); returns its L2 strength for the net, or ``None``
+        (a random or pretrained head, or ``penalty=None``: ``penalty`` covers it)."""
+        if self.head_init != "probe" or self.reuse_head:
+            return None
+        # the pretrained blocks' outputs through the frozen-output store: once per
+        # sample over the folds and candidates of a search (_prefix_cache)
+        outputs, start = training_inputs(
+            module, data, len(module.blocks), preprocess, device, batch_size=self.batch_size,
+            cache_size=self.cache_size, memory=self.memory)
+        rows = torch.as_tensor(train_idx)
+        features = head_features(module, outputs if start else data, preprocess, device,
+                                 self.batch_size, start=start)[rows]
+        l2 = probe_head(module, features, y[rows].numpy(), classification=is_classifier(self),
+                        sample_weight=None if weights is None else weights[rows].numpy())
+        # penalty=None (or alpha=0) regularises nothing: the head only starts at the probe
+        return None if self.penalty is None or self.alpha == 0 else l2
 
     def _sample_weights(self, data, y, sample_weight):
         """Per-sample weights as a float32 tensor, or ``None`` when all are equal."""
@@ -290,7 +314,7 @@ class _BaseFineTuned(WeightsFileMixin, TransferEstimatorMixin, Trainer, BaseEsti
                 lambda x: module.forward_head(module.forward_features(x, start=depth)),
                 batch_size=self.batch_size, cache_size=self.cache_size, memory=self.memory)
         if out is None:
-            out = self._map_batches(data, module, self._preprocess)
+            out = self._map_batches(data, module, self._preprocess, pad=True)
         return out
 
     def __sktransfer_model__(self):
@@ -342,19 +366,7 @@ class FineTunedClassifier(ClassifierMixin, _BaseFineTuned):
         Number of input columns (2-D input only).
     feature_names_in_ : ndarray of str
         Column names of a DataFrame ``X``.
-    history_ : list of dict
-        One dict per epoch: ``epoch``, ``train_loss`` (the objective: mean loss
-        plus ``alpha * R(theta)``), ``train_data_loss`` (the mean loss alone),
-        ``valid_loss`` (with early stopping; never penalised), ``dur`` and
-        skorch's bookkeeping.
-    n_iter_ : int
-        Number of epochs run.
-    blocks_ : list of str
-        The block names.
-    freeze_depth_ : int
-        The number of leading frozen blocks.
-    train_blocks_ : list of int
-        The blocks that trained (besides the head).
+    {finetune_attributes}
 
     See Also
     --------
@@ -391,14 +403,14 @@ class FineTunedClassifier(ClassifierMixin, _BaseFineTuned):
     }
 
     def __init__(self, model=None, weights=None, *, freeze_depth=0, penalty="l2_sp",
-                 alpha=1e-3, lr=1e-3, backbone_lr_scale=0.1, layer_decay=None,
+                 alpha=1e-3, lr=1e-3, backbone_lr_scale=1.0, layer_decay=None,
                  lr_schedule=None, unfreeze_every=None,
                  train_blocks=None, train_params="all", adapter=None, adapter_rank=8,
                  adapter_alpha=16.0, bn="train", wise=1.0,
-                 augment=None, max_epochs=50,
-                 batch_size=32,
+                 augment=None, max_epochs="auto",
+                 batch_size=16,
                  optimizer="adamw", weight_decay=0.0, momentum=0.9, head_hidden_sizes=(),
-                 dropout=0.0, reuse_head=False, early_stopping=False,
+                 dropout=0.0, reuse_head=False, head_init="probe", early_stopping=False,
                  validation_fraction=0.1, n_iter_no_change=10, tol=1e-4, cache_size=1024,
                  memory=None, random_state=None,
                  device="auto", precision="32", accelerator=None, preprocess="auto",
@@ -413,7 +425,8 @@ class FineTunedClassifier(ClassifierMixin, _BaseFineTuned):
             max_epochs=max_epochs, batch_size=batch_size,
             optimizer=optimizer, weight_decay=weight_decay, momentum=momentum,
             head_hidden_sizes=head_hidden_sizes, dropout=dropout, reuse_head=reuse_head,
-            early_stopping=early_stopping, validation_fraction=validation_fraction,
+            head_init=head_init, early_stopping=early_stopping,
+            validation_fraction=validation_fraction,
             n_iter_no_change=n_iter_no_change, tol=tol, cache_size=cache_size,
             memory=memory, random_state=random_state, device=device, precision=precision,
             accelerator=accelerator, preprocess=preprocess,
@@ -514,16 +527,7 @@ class FineTunedRegressor(RegressorMixin, _BaseFineTuned):
         Number of regression targets.
     n_features_in_ : int
         Number of input columns (2-D input only).
-    history_ : list of dict
-        One dict per epoch (``epoch``, ``train_loss``, ``valid_loss``, ...).
-    n_iter_ : int
-        Number of epochs run.
-    blocks_ : list of str
-        The block names.
-    freeze_depth_ : int
-        The number of leading frozen blocks.
-    train_blocks_ : list of int
-        The blocks that trained (besides the head).
+    {finetune_attributes}
 
     See Also
     --------

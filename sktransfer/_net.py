@@ -175,6 +175,10 @@ class TransferNet(RollbackOnInterrupt, MixedPrecision, NeuralNet):
     new_prefixes : tuple of str
         Parameter-name prefixes of parameters created for the target task
         (LoRA adapters are new parameters too).
+    head_l2 : float or None
+        A probe-initialised head's own L2 strength (``head_term``); the head is
+        then left out of ``penalty``. ``None``: the head is a new parameter of
+        ``penalty`` like any other.
     weighted : bool
         Whether ``y`` batches are ``(y, sample_weight)`` (the criterion then has
         ``reduction="none"``).
@@ -187,8 +191,9 @@ class TransferNet(RollbackOnInterrupt, MixedPrecision, NeuralNet):
     def __init__(self, module, *args, freeze_depth=0, penalty=None, alpha=0.0,
                  backbone_lr_scale=1.0, layer_decay=None, new_prefixes=("head.",),
                  weighted=False, unfreeze_every=None, frozen_blocks=(), train_params="all",
-                 adapter=None, bn="train", relationship=None, **kwargs):
+                 adapter=None, bn="train", relationship=None, head_l2=None, **kwargs):
         super().__init__(module, *args, **kwargs)
+        self.head_l2 = head_l2
         self.frozen_blocks = tuple(frozen_blocks)
         self.train_params = train_params
         self.adapter = adapter
@@ -225,6 +230,8 @@ class TransferNet(RollbackOnInterrupt, MixedPrecision, NeuralNet):
             for name, p in unwrap_module(self.module_).named_parameters():
                 if not p.requires_grad:
                     continue
+                if self.head_l2 is not None and name.startswith("head."):
+                    continue  # a probe head keeps the probe's own L2 (head_term)
                 if self._is_new(name):
                     new.append(p)
                 else:
@@ -390,13 +397,25 @@ class TransferNet(RollbackOnInterrupt, MixedPrecision, NeuralNet):
                 self.penalty, *self._penalty_params())
         return None if reg is None else self.alpha * reg
 
+    def head_term(self):
+        """``head_l2 / 2 * ||W||^2`` on a probe head's linear weight (``head_init="probe"``).
+
+        The probe's own regularisation, in the units of the mean loss: with the
+        blocks frozen, the head's optimum stays the probe's. Through autograd:
+        one small matrix.
+        """
+        if not self.head_l2:
+            return None
+        weight = unwrap_module(self.module_).head[-1].weight
+        return 0.5 * self.head_l2 * weight.pow(2).sum()
+
     def get_loss(self, y_pred, y_true, X=None, training=False):
         loss = self.data_loss(y_pred, y_true, X=X, training=training)
         if training:
             self.history.record_batch("train_data_loss", loss.item())
-            term = self.penalty_term(y_true)
-            if term is not None:
-                loss = loss + term
+            for term in (self.penalty_term(y_true), self.head_term()):
+                if term is not None:
+                    loss = loss + term
         return loss
 
     #: Under accelerate the penalty goes through autograd: its backward rescales

@@ -18,6 +18,7 @@ import numpy as np
 from sklearn.utils.validation import check_is_fitted
 
 from ._base import resolve_device, seed_from_random_state
+from ._heads import add_standardize, has_probe_head
 from ._inputs import InputData
 from ._version import __version__
 
@@ -59,6 +60,8 @@ def save_weights(est, path):
         "feature_names_in": (_json_list(est.feature_names_in_)
                              if hasattr(est, "feature_names_in_") else None),
         "history": est.history_,
+        "probe_head": has_probe_head(est.module_),
+        "max_epochs_": getattr(est, "max_epochs_", None),
     }
     if hasattr(est, "classes_"):
         meta["classes"] = _json_list(est.classes_)
@@ -128,6 +131,8 @@ def load_weights(est, path):
         n_out = meta["n_outputs"]
         est.n_outputs_, est._y_1d = n_out, meta["y_1d"]
     module, depth, _ = est._build_module(resolved, features, n_out, seed)
+    if meta.get("probe_head"):  # head_init="probe": its Standardize layer is in the file
+        add_standardize(module)
     own = module.state_dict()
     missing = sorted(set(own) - set(tensors))
     unexpected = sorted(set(tensors) - set(own))
@@ -151,6 +156,7 @@ def load_weights(est, path):
                          else sorted(b % len(module.blocks) for b in train_blocks))
     est.history_ = meta["history"]
     est.n_iter_ = len(est.history_)
+    est.max_epochs_ = meta.get("max_epochs_") or est.n_iter_
     est.input_kind_ = meta["input_kind"]
     for attr, key in (("input_shape_", "input_shape"), ("n_features_in_", "n_features_in")):
         if meta[key] is not None:

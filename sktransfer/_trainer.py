@@ -48,6 +48,27 @@ __all__ = ["Trainer", "FiniteLossCheck", "holdout_split", "fit_seeded", "finish_
            "check_net_kwargs", "lr_scheduler"]
 
 
+#: ``max_epochs="auto"``: about this many optimisation steps ...
+AUTO_STEPS = 500
+#: ... and at least this many passes over the data
+AUTO_MIN_EPOCHS = 10
+
+
+def auto_epochs(n_train, batch_size):
+    """The epochs of ``max_epochs="auto"``: ``max(10, ceil(500 / steps per epoch))``.
+
+    A fixed number of epochs gives a 25-sample fit a hundred steps and a
+    6,000-sample one tens of thousands. "auto" aims at a number of steps
+    instead (500: what fine-tuning needed on the few-label tasks of
+    ``benchmarks/bench_quality.py``), with at least 10 passes over a large
+    training set. Steps per epoch as the training loader makes them (a last
+    batch of one sample is dropped).
+    """
+    full, rest = divmod(n_train, batch_size)
+    steps = max(1, full + (rest > 1))
+    return max(AUTO_MIN_EPOCHS, -(-AUTO_STEPS // steps))
+
+
 def holdout_split(n, validation_fraction, seed, stratify=None, unit="samples"):
     """Train/validation indices for early stopping (sorted), seeded by ``seed``."""
     from sklearn.model_selection import train_test_split
@@ -98,7 +119,8 @@ def finish_fit(net, module, start_state):
     """After ``net.fit``: warn about an interruption, free gradients, eval mode.
 
     Returns ``history_`` rows: one plain dict per epoch (skorch's per-batch
-    records left out, numpy floats as Python floats).
+    records left out, their number of training steps as ``steps``,
+    numpy floats as Python floats).
     """
     if net.interrupted_epoch_ is not None:
         done = net.interrupted_epoch_ - 1
@@ -113,8 +135,10 @@ def finish_fit(net, module, start_state):
     for p in module.parameters():
         p.grad = None
     return [
-        {k: (float(v) if isinstance(v, np.floating) else v)
-         for k, v in row.items() if k != "batches"}
+        {**{k: (float(v) if isinstance(v, np.floating) else v)
+            for k, v in row.items() if k != "batches"},
+         # optimisation steps of the epoch (max_epochs="auto" budgets steps)
+         "steps": sum("train_batch_size" in b for b in row.get("batches", ()))}
         for row in net.history
     ]
 
@@ -301,7 +325,17 @@ class Trainer(NetEstimatorMixin):
 
     def _n_epochs(self, n_train):
         """The number of epochs of this fit (at most: early stopping may end it sooner)."""
+        if self.max_epochs == "auto":
+            return auto_epochs(n_train, self.batch_size)
         return self.max_epochs
+
+    def _patience(self, epochs):
+        """Early stopping's patience, in epochs, for a fit of ``epochs`` epochs: with
+        ``max_epochs="auto"`` an epoch of a small training set is a step or two, so
+        the patience covers at least a tenth of the budget."""
+        if self.max_epochs == "auto":
+            return max(self.n_iter_no_change, epochs // 10)
+        return self.n_iter_no_change
 
     def _scoring_callbacks(self):
         """``(name, callback)`` pairs recording extra history columns under ``name``."""
@@ -338,7 +372,7 @@ class Trainer(NetEstimatorMixin):
         ]
         if self.early_stopping:
             callbacks.append(("early_stopping", EarlyStopping(
-                monitor="valid_loss", patience=self.n_iter_no_change, threshold=self.tol,
+                monitor="valid_loss", patience=self._patience(epochs), threshold=self.tol,
                 threshold_mode="rel", load_best=True, sink=print,  # prints only if verbose
             )))
         callbacks += self._schedule_callbacks(epochs, steps_per_epoch)

@@ -26,8 +26,9 @@ from sktransfer._adapt import check_train_blocks, set_trainable
 
 CPU = {"device": "cpu"}
 # explicit training settings: these tests must not depend on the estimators' defaults
+# head_init="random": a plain Linear head, which these tests read by name (head.weight)
 FIT = dict(max_epochs=3, lr=1e-2, backbone_lr_scale=1.0, batch_size=16, penalty=None,
-           random_state=0, **CPU)
+           head_init="random", random_state=0, **CPU)
 N_BLOCKS = 5
 
 

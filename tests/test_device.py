@@ -68,7 +68,7 @@ def mlp(seen=None):
 
 def classifier(**params):
     kwargs = dict(model=mlp(), max_epochs=15, lr=1e-2, penalty=None, backbone_lr_scale=1.0,
-                  batch_size=32, random_state=0, device="cpu")
+                  batch_size=32, head_init="random", random_state=0, device="cpu")
     kwargs.update(params)
     return FineTunedClassifier(**kwargs)
 

@@ -45,6 +45,7 @@ def test_layer_decay_scales_each_block_from_the_top(source_cnn, digits):
 def test_layer_decay_skips_frozen_blocks(source_cnn, digits):
     spy = GroupRates()
     FineTunedClassifier(model=source_cnn, freeze_depth=1, lr=0.01, layer_decay=0.5,
+                        backbone_lr_scale=0.1,
                         max_epochs=1, random_state=0, net_kwargs={"callbacks": [spy]},
                         **CPU).fit(digits["X_target"][:64], digits["y_target"][:64])
     assert 0 not in spy.rates[0] and rates_close(spy.rates[0][1], 0.0005)
@@ -90,9 +91,9 @@ def test_class_weight_balanced_favours_the_minority(tabular_source):
     keep = np.concatenate([np.flatnonzero(y == 0), np.flatnonzero(y == 1)[:40]])
     X, y = X[keep], y[keep]
     common = dict(model=tabular_source["net"], max_epochs=10, lr=3e-3, random_state=0, **CPU)
-    plain = FineTunedClassifier(**common).fit(X, y).predict(X)
-    balanced = FineTunedClassifier(**common, class_weight="balanced").fit(X, y).predict(X)
-    assert (balanced == 1).sum() > (plain == 1).sum()
+    plain = FineTunedClassifier(**common).fit(X, y).predict_proba(X)
+    balanced = FineTunedClassifier(**common, class_weight="balanced").fit(X, y).predict_proba(X)
+    assert balanced[:, 1].mean() > plain[:, 1].mean()  # more weight on the minority
     as_dict = FineTunedClassifier(**common, class_weight={0: 1.0, 1: (y == 0).sum() / 40})
     np.testing.assert_allclose(as_dict.fit(X, y).predict_proba(X),
                                FineTunedClassifier(**common, class_weight="balanced")

@@ -52,8 +52,11 @@ def net():
 
 def _est(net, **params):
     # what the tests rely on is set explicitly (the defaults may change)
+    # (head_init="random": the probe head would add its own pass over every block,
+    # which test_the_probe_reads_the_store_too counts)
     kwargs = dict(model=net, freeze_depth=2, max_epochs=2, batch_size=32, lr=1e-2,
-                  penalty="l2_sp", alpha=1e-3, random_state=0, device="cpu")
+                  penalty="l2_sp", alpha=1e-3, head_init="random", random_state=0,
+                  device="cpu")
     return FineTunedClassifier(**{**kwargs, **params})
 
 
@@ -331,3 +334,18 @@ def test_successive_halving_random_search_over_max_epochs(net, digits):
     assert search.n_candidates_ == [4, 2]
     assert search.best_estimator_.n_iter_ == 3
     assert CountingConv.calls == 128  # as above
+
+
+def test_the_probe_reads_the_store_too(digits):
+    """head_init="probe" needs every block's outputs for the training rows: they go
+    through the store, so a grid search computes them once per sample."""
+    torch.manual_seed(0)
+    source = nn.Sequential(
+        CountingConv(1, 8, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(),
+        nn.Linear(8 * 6 * 6, 16), nn.ReLU(), nn.Linear(16, 5))
+    X, y = digits["X_target"][:64], digits["y_target"][:64]
+    clear_cache()
+    _, first = _fit_counting(source, X, y, freeze_depth=0, head_init="probe", max_epochs=1)
+    _, again = _fit_counting(source, X, y, freeze_depth="all", head_init="probe", alpha=1e-2)
+    assert first >= 64 and again == 0  # the probe's pass, and the frozen blocks', kept
+    clear_cache()

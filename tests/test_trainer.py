@@ -146,3 +146,46 @@ def test_one_cycle_per_batch():
     assert rates[0] == pytest.approx(0.01 / 25)
     assert rates.max() == pytest.approx(0.01) and 25 <= rates.argmax() <= 30
     assert rates[-1] == pytest.approx(1e-6)
+
+
+# -- max_epochs="auto": a budget in optimisation steps ----------------------------------
+def test_auto_epochs_aims_at_500_steps_and_at_least_10_epochs():
+    from sktransfer._trainer import auto_epochs
+
+    assert auto_epochs(25, 32) == 500          # one step per epoch
+    assert auto_epochs(33, 32) == 500          # the last batch of one sample is dropped
+    assert auto_epochs(300, 32) == 50          # 10 steps per epoch
+    assert auto_epochs(10_000, 32) == 10       # a large table: 10 passes
+
+
+def test_the_auto_budget_gives_the_promised_number_of_steps():
+    from sktransfer import FineTunedClassifier
+    from tests.conftest import tiny_mlp
+
+    rng = np.random.RandomState(0)
+    X = rng.normal(size=(40, 5)).astype(np.float32)
+    y = (X[:, 0] > 0).astype(int)
+    clf = FineTunedClassifier(model=tiny_mlp(), batch_size=8, random_state=0,
+                              device="cpu").fit(X, y)
+    steps = sum(row["steps"] for row in clf.history_)
+    assert (clf.max_epochs_, clf.n_iter_, steps) == (100, 100, 500)
+    fixed = FineTunedClassifier(model=tiny_mlp(), batch_size=8, max_epochs=3,
+                                random_state=0, device="cpu").fit(X, y)
+    assert (fixed.max_epochs_, fixed.n_iter_) == (3, 3)
+
+
+def test_early_stopping_with_the_auto_budget_is_patient_for_a_tenth_of_it():
+    from sktransfer import FineTunedClassifier
+    from tests.conftest import tiny_mlp
+
+    rng = np.random.RandomState(0)
+    X = rng.normal(size=(60, 5)).astype(np.float32)
+    y = rng.randint(0, 2, size=60)  # noise: the validation loss soon stops improving
+    clf = FineTunedClassifier(model=tiny_mlp(), batch_size=8, early_stopping=True,
+                              validation_fraction=0.2, n_iter_no_change=2, random_state=0,
+                              device="cpu").fit(X, y)
+    patience = clf.max_epochs_ // 10
+    assert patience > 2 and patience < clf.n_iter_ < clf.max_epochs_
+    # no epoch of the last `patience` ones improved on the best loss before them
+    losses = [row["valid_loss"] for row in clf.history_]
+    assert min(losses[-patience:]) >= min(losses[:-patience]) * (1 - 1e-4)
