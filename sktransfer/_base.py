@@ -23,7 +23,7 @@ from torch import nn
 
 from ._blocks import check_split_matches
 from ._device import DEVICE_CONSTRAINT, autocast, autocast_dtype, resolve_device
-from ._inputs import ImagePreprocess, image_mode, iter_batches, make_batch
+from ._inputs import ImagePreprocess, image_mode, iter_batches, make_batch, pad_rows
 from ._weights import MODEL_CONSTRAINTS, resolve_model
 
 # DEVICE_CONSTRAINT and resolve_device live in _device.py; imported from here too
@@ -161,7 +161,10 @@ class NetEstimatorMixin:
         out, start, pending = None, 0, None
         with torch.inference_mode(), autocast(device, dtype):
             for batch in iter_batches(data, self.batch_size, preprocess, device):
-                part = _full_batch(fn, batch, self.batch_size) if pad else fn(batch)
+                if pad and isinstance(batch, torch.Tensor):
+                    part = fn(pad_rows(batch, self.batch_size))[:len(batch)]
+                else:
+                    part = fn(batch)
                 if out is None:
                     out = torch.empty((len(data), *part.shape[1:]), dtype=torch.float32)
                 if not (overlap and part.is_cuda):
@@ -178,17 +181,6 @@ class NetEstimatorMixin:
             if pending is not None:
                 _write(out, *pending)
         return out
-
-
-def _full_batch(fn, batch, size):
-    """``fn(batch)``, a short last batch padded to ``size`` rows (its last row
-    repeated) and the padding dropped: every row goes through matrix products of
-    one shape, so its output does not depend on the rows predicted with it
-    (BLAS kernels round differently for other shapes)."""
-    n = len(batch) if isinstance(batch, torch.Tensor) else None
-    if n is None or n == size or n == 0:
-        return fn(batch)
-    return fn(torch.cat([batch, batch[-1:].expand(size - n, *batch.shape[1:])]))[:n]
 
 
 def _write(out, host, done, start):

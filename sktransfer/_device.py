@@ -23,7 +23,8 @@ import torch
 from sklearn.utils._param_validation import StrOptions
 
 __all__ = ["DEVICE_CONSTRAINT", "resolve_device", "PRECISION_CONSTRAINT", "autocast_dtype",
-           "check_precision", "autocast", "grad_scaler", "pinned", "to_device", "MixedPrecision"]
+           "check_precision", "autocast", "autocast_state", "grad_scaler", "pinned", "to_device",
+           "MixedPrecision"]
 
 #: scikit-learn constraint of every estimator's ``device``; which strings name a
 #: device (``"cuda:1"``) and whether it exists here, constraints cannot express:
@@ -124,6 +125,17 @@ def check_precision(precision, device, accelerator=None):
             "accelerator={'mixed_precision': 'bf16'} (or 'fp16') with precision='32'."
         )
     return autocast_dtype(precision, device)
+
+
+def autocast_state(kind):
+    """``False``, or the dtype autocast runs in on this device type."""
+    if hasattr(torch, "get_autocast_dtype"):  # torch >= 2.4
+        enabled, dtype = torch.is_autocast_enabled(kind), torch.get_autocast_dtype(kind)
+    elif kind == "cuda":
+        enabled, dtype = torch.is_autocast_enabled(), torch.get_autocast_gpu_dtype()
+    else:
+        enabled, dtype = torch.is_autocast_cpu_enabled(), torch.get_autocast_cpu_dtype()
+    return str(dtype) if enabled else False
 
 
 def autocast(device, dtype):

@@ -28,6 +28,7 @@ except ImportError:  # pragma: no cover
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model import LogisticRegression, LogisticRegressionCV, RidgeCV
 from sklearn.model_selection import StratifiedKFold
+from sklearn.preprocessing import StandardScaler
 from torch import nn
 
 from ._blocknet import GlobalPool
@@ -211,15 +212,14 @@ def probe_head(net, features, y, *, classification, sample_weight=None):
     w = w * (len(w) / w.sum())  # mean 1: the net's weighted mean loss ignores their scale
     # unweighted statistics, as a Pipeline(StandardScaler(), LogisticRegression())
     # fitted with sample weights for the linear model would have them
-    mean, std = F.mean(axis=0), F.std(axis=0)
-    scale = np.where(std > 1e-12 * np.maximum(1.0, np.abs(mean)), std, 1.0)
-    net.head = nn.Sequential(*pool, Standardize(mean, scale), *layers)
+    scaler = StandardScaler().fit(F)
+    net.head = nn.Sequential(*pool, Standardize(scaler.mean_, scaler.scale_), *layers)
     if any(not isinstance(m, (nn.Linear, nn.Dropout)) for m in layers):
         return 0.0  # an MLP head: standardised input, random layers
     linear = layers[-1]
     n_out = linear.out_features
     y = np.asarray(y)
-    coef, intercept, l2 = _fit_linear((F - mean) / scale, y if classification else
+    coef, intercept, l2 = _fit_linear(scaler.transform(F), y if classification else
                                       y.reshape(len(y), -1), classification, n_out, w)
     with torch.no_grad():
         linear.weight.copy_(torch.as_tensor(coef, dtype=linear.weight.dtype))

@@ -31,7 +31,7 @@ from ._device import pinned
 
 __all__ = ["InputData", "validate_input", "iter_batches", "make_batch", "in_memory",
            "check_real", "clearer_errors", "ImagePreprocess", "image_mode", "padded_to_longest",
-           "source_nan_columns", "check_missing"]
+           "source_nan_columns", "check_missing", "pad_rows"]
 
 
 @dataclass
@@ -529,6 +529,15 @@ def in_memory(data):
     if data.kind in ("tabular", "array"):
         return torch.from_numpy(np.ascontiguousarray(data.data, dtype=np.float32))
     return data
+
+
+def pad_rows(x, size):
+    """``x`` (a tensor) with its last row repeated up to ``size`` rows: batches of
+    one shape go through the same BLAS kernels, so a row's output does not depend
+    on the rows computed with it."""
+    if len(x) == size:
+        return x
+    return torch.cat([x, x[-1:].expand(size - len(x), *x.shape[1:])])
 
 
 def iter_batches(data, batch_size, preprocess=None, device="cpu"):

@@ -48,9 +48,9 @@ import zlib
 import numpy as np
 import torch
 
-from ._device import autocast
+from ._device import autocast, autocast_state
 from ._frozen_store import STORE, Chunk, clear_cache, disk_store, to_chunk
-from ._inputs import InputData, in_memory, make_batch, padded_to_longest
+from ._inputs import InputData, in_memory, make_batch, pad_rows, padded_to_longest
 
 __all__ = ["table_keys", "row_keys", "FrozenPass", "clear_cache", "training_inputs",
            "frozen_then", "starting_at"]
@@ -91,17 +91,6 @@ def _update_with_tensor(h, t):
         h.update(f"|{t.numel()}|{crc}".encode())
 
 
-def _autocast_state(kind):
-    """``False``, or the dtype autocast runs in on this device type."""
-    if hasattr(torch, "get_autocast_dtype"):  # torch >= 2.4
-        enabled, dtype = torch.is_autocast_enabled(kind), torch.get_autocast_dtype(kind)
-    elif kind == "cuda":
-        enabled, dtype = torch.is_autocast_enabled(), torch.get_autocast_gpu_dtype()
-    else:
-        enabled, dtype = torch.is_autocast_cpu_enabled(), torch.get_autocast_cpu_dtype()
-    return str(dtype) if enabled else False
-
-
 def table_keys(blocks, data, preprocess, batch_size, device):
     """Fingerprints of ``blocks[:1]``, ``blocks[:2]``, ... for inputs like ``data``.
 
@@ -121,7 +110,7 @@ def table_keys(blocks, data, preprocess, batch_size, device):
         array = data.data
         row = f"{data.kind}|{array.dtype}|{tuple(array.shape[1:])}"
     # precision (issue 20): outputs computed under autocast differ, by its dtype too
-    autocast = _autocast_state(torch.device(device).type)
+    autocast = autocast_state(torch.device(device).type)
     h.update(f"sktransfer frozen outputs|torch {torch.__version__}|{row}|"
              f"{_describe(preprocess)}|"
              f"{torch.device(device)}|batch {batch_size}|{torch.get_default_dtype()}|"
@@ -154,13 +143,6 @@ def _subset(data, idx):
     if isinstance(data.data, np.ndarray):
         return InputData(data.data[np.asarray(idx)], data.kind, data.pad_to)
     return InputData([data.data[i] for i in idx], data.kind, data.pad_to)
-
-
-def _padded(x, size):
-    """``x`` with its last row repeated up to ``size`` rows."""
-    if len(x) == size:
-        return x
-    return torch.cat([x, x[-1:].expand(size - len(x), *x.shape[1:])])
 
 
 class FrozenPass:
@@ -257,7 +239,7 @@ class FrozenPass:
             idx = list(rows) + [rows[-1]] * pad
             return make_batch(_subset(self.data, idx), 0, len(idx), self.preprocess).to(
                 self.device, non_blocking=True)
-        return _padded(self._gather([refs_at_level[i] for i in rows]), self.batch_size)
+        return pad_rows(self._gather([refs_at_level[i] for i in rows]), self.batch_size)
 
     def _compute(self, rows, level, refs, start_refs=None):
         """Run rows (at most ``batch_size``) from ``level`` to ``depth``; keep them and
@@ -344,7 +326,7 @@ class FrozenPass:
         for s in range(0, len(found), self.batch_size):
             batch = found[s:s + self.batch_size]
             x = self._gather([refs[i] for i in batch])
-            self._emit(batch, _padded(x, self.batch_size) if finish else x, finish, out_device)
+            self._emit(batch, pad_rows(x, self.batch_size) if finish else x, finish, out_device)
         if self.disk is not None and self.computed:
             self.disk.prune(self.budget)  # the folder holds at most cache_size MB too
         return self._result

@@ -54,6 +54,14 @@ AUTO_STEPS = 500
 AUTO_MIN_EPOCHS = 10
 
 
+def epoch_steps(n_train, batch_size):
+    """``(optimisation steps per epoch, drop_last)`` of the training loader: a last
+    batch of one sample is dropped (it breaks BatchNorm in training mode and has
+    no negatives for a contrastive loss)."""
+    drop_last = n_train % batch_size == 1 and n_train > 1
+    return (n_train // batch_size if drop_last else -(-n_train // batch_size)), drop_last
+
+
 def auto_epochs(n_train, batch_size):
     """The epochs of ``max_epochs="auto"``: ``max(10, ceil(500 / steps per epoch))``.
 
@@ -61,11 +69,10 @@ def auto_epochs(n_train, batch_size):
     6,000-sample one tens of thousands. "auto" aims at a number of steps
     instead (500: what fine-tuning needed on the few-label tasks of
     ``benchmarks/bench_quality.py``), with at least 10 passes over a large
-    training set. Steps per epoch as the training loader makes them (a last
-    batch of one sample is dropped).
+    training set. Steps per epoch as the training loader makes them
+    (:func:`epoch_steps`).
     """
-    full, rest = divmod(n_train, batch_size)
-    steps = max(1, full + (rest > 1))
+    steps = max(1, epoch_steps(n_train, batch_size)[0])
     return max(AUTO_MIN_EPOCHS, -(-AUTO_STEPS // steps))
 
 
@@ -390,11 +397,7 @@ class Trainer(NetEstimatorMixin):
         """
         check_precision(self.precision, device, accelerator)  # the net trains in it
         n_train = len(train_idx)
-        # a last batch of one sample breaks BatchNorm in training mode (and has no
-        # negatives for a contrastive loss): drop it
-        drop_last = n_train % self.batch_size == 1 and n_train > 1
-        steps_per_epoch = (n_train // self.batch_size if drop_last
-                           else -(-n_train // self.batch_size))
+        steps, drop_last = epoch_steps(n_train, self.batch_size)
         epochs = self._n_epochs(n_train)
         train_split = None
         if valid_idx is not None:
@@ -411,7 +414,7 @@ class Trainer(NetEstimatorMixin):
             "max_epochs": epochs,
             "batch_size": self.batch_size,
             "train_split": train_split,
-            "callbacks": self._callbacks(epochs, steps_per_epoch),
+            "callbacks": self._callbacks(epochs, steps),
             "iterator_train__shuffle": True,
             "iterator_train__drop_last": drop_last,
             "iterator_train__collate_fn": identity_collate,
