@@ -234,8 +234,9 @@ class _BaseFineTuned(WeightsFileMixin, TransferEstimatorMixin, Trainer, BaseEsti
             reuse_head=self.reuse_head)
         module, _, new_prefixes = self._build_module(resolved, features, n_out, seed)
         train_idx, valid_idx = self._validation_split(len(data), stratify, seed)
-        head_l2 = self._init_head(module, data, preprocess, device, y_tensor, weights,
-                                  train_idx)
+        # every block frozen, in float32: the fit's frozen outputs are the probe's input
+        head_l2 = self._init_head(module, data, preprocess, device, y_tensor, weights, train_idx,
+                                  kept["X"] if kept["start"] == n_blocks and not amp else None)
         # which blocks and parameters train, adapters, WiSE-FT's theta_s (_adapt.py)
         plan = adapt(module, **{k: getattr(self, k) for k in ADAPT_PARAMS},
                      pretrained_head=self.reuse_head, source_head=source_head, seed=seed)
@@ -262,20 +263,21 @@ class _BaseFineTuned(WeightsFileMixin, TransferEstimatorMixin, Trainer, BaseEsti
         self.train_blocks_ = plan.trained
         self.history_ = history
         self.n_iter_ = len(history)
-        self.max_epochs_ = self._n_epochs(len(train_idx))
+        self.max_epochs_ = net.max_epochs
         return self
 
-    def _init_head(self, module, data, preprocess, device, y, weights, train_idx):
-        """``head_init="probe"``: the new head fitted as a linear probe on the training
-        rows (``_heads.probe_head``); returns its L2 strength for the net, or ``None``
-        (a random or pretrained head, or ``penalty=None``: ``penalty`` covers it)."""
+    def _init_head(self, module, data, preprocess, device, y, weights, train_idx,
+                   outputs=None):
+        """``head_init="probe"``: the new head fitted as a linear probe on the training rows
+        (``outputs``: every block's outputs, when the fit has them); returns its L2
+        strength for the net, or ``None`` (a random or pretrained head, or no penalty)."""
         if self.head_init != "probe" or self.reuse_head:
             return None
-        # the pretrained blocks' outputs through the frozen-output store: once per
-        # sample over the folds and candidates of a search (_prefix_cache)
-        outputs, start = training_inputs(
-            module, data, len(module.blocks), preprocess, device, batch_size=self.batch_size,
-            cache_size=self.cache_size, memory=self.memory)
+        start = len(module.blocks)
+        if outputs is None:  # through the frozen-output store: once per sample in a search
+            outputs, start = training_inputs(
+                module, data, start, preprocess, device, batch_size=self.batch_size,
+                cache_size=self.cache_size, memory=self.memory)
         rows = torch.as_tensor(train_idx)
         features = head_features(module, outputs if start else data, preprocess, device,
                                  self.batch_size, start=start)[rows]
