@@ -27,10 +27,16 @@ MODEL_SOURCES = {
     "hf": ["transformers>=5.0", "tokenizers>=0.22"],
 }
 
+ADAPTERS = {
+    # adapter="lora": LoRA adapters through peft (LoraModel, merge_and_unload)
+    "lora": ["peft>=0.13"],
+}
+
 EXTRAS = {
     "plot": ["matplotlib>=3.6"],
     **SCALE_OUT,
     **MODEL_SOURCES,
+    **ADAPTERS,
     "distributed": sorted({req for reqs in SCALE_OUT.values() for req in reqs}),
     "test": [
         "pytest>=7",
@@ -40,6 +46,8 @@ EXTRAS = {
         *(req for reqs in SCALE_OUT.values() for req in reqs),
         # tiny timm models and Hugging Face encoders built in the tests (no download)
         *(req for reqs in MODEL_SOURCES.values() for req in reqs),
+        # adapter="lora" trains and merges real peft adapters in the tests
+        *ADAPTERS["lora"],
     ],
     "docs": [
         # the gallery runs examples/plot_text_column.py (a tiny local encoder)

@@ -186,7 +186,14 @@ def inject_lora(module, trained, rank, lora_alpha, seed):
     targets = _lora_targets(module.blocks, trained)
     if not targets:
         return None
-    from peft import LoraConfig, LoraModel
+    try:
+        from peft import LoraConfig, LoraModel
+    except ImportError as exc:
+        raise ImportError(
+            "adapter='lora' needs the optional package peft, which is not installed: "
+            "pip install 'sktransfer[lora]' (or pip install peft). Or pick another "
+            "method: adapter=None fine-tunes the weights themselves."
+        ) from exc
 
     config = LoraConfig(r=int(rank), lora_alpha=float(lora_alpha), lora_dropout=0.0,
                         bias="none",

@@ -128,7 +128,8 @@ adapter : {"lora"} or None, default=None
     stay fixed and ``W + (adapter_alpha / adapter_rank) B A`` learns ``A``
     and ``B`` (``B`` starts at 0), at ``lr`` like the head. After ``fit``
     the adapters are merged into the weights, so ``module_``, predictions,
-    pickles and :meth:`save_weights` need no peft. Needs ``pip install peft``.
+    pickles and :meth:`save_weights` need no peft. Needs
+    ``pip install 'sktransfer[lora]'``.
 adapter_rank : int, default=8
     The rank of the adapters.
 adapter_alpha : float, default=16.0

@@ -292,6 +292,13 @@ def test_a_lora_model_predicts_pickles_and_loads_weights_without_peft(source, da
     np.testing.assert_allclose(np.load(tmp_path / "p2.npy"), expected, rtol=1e-6)
 
 
+def test_lora_without_peft_says_which_extra_to_install(source, data, monkeypatch):
+    X, y = data
+    monkeypatch.setitem(sys.modules, "peft", None)  # "import peft" raises ImportError
+    with pytest.raises(ImportError, match=r"sktransfer\[lora\]"):
+        fit(source, X, y, adapter="lora")
+
+
 def test_lora_adapts_attention_layers_through_peft():
     class Encoder(nn.Module):
         def __init__(self):
