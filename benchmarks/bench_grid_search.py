@@ -18,7 +18,11 @@ For each setting it reports
 Settings: ``freeze_depth="all"`` (10 epochs) and ``freeze_depth=3`` (layer3,
 layer4 and the head train; 1 epoch, to keep the run in minutes: the passes
 through the frozen blocks do not depend on the epochs), each with ``n_jobs=1``
-and with ``n_jobs=2`` plus the on-disk store (``memory=<folder>``). A last row
+and with ``n_jobs=2`` plus the on-disk store (``memory=<folder>``), with
+``head_init="random"`` (the hand-written loop's trainings); a third row runs
+``n_jobs=1`` with the default ``head_init="probe"``, which fits a
+``LogisticRegressionCV`` on each fold first (once per fold: the candidates
+share it). A last row
 runs ``HalvingGridSearchCV(resource="max_epochs")`` over 24 candidates next to
 ``GridSearchCV`` over the same 24 at the full budget.
 
@@ -84,20 +88,28 @@ def read_counts(paths):
     return counts
 
 
-def estimator(source, depth, epochs, device, memory=None):
-    # parameters set explicitly: the defaults may change
+def estimator(source, depth, epochs, device, memory=None, head_init="random"):
+    # parameters set explicitly: the defaults may change. head_init="random": the
+    # trainings of the hand-written loop; the default "probe" adds a LogisticRegressionCV
+    # per fold (a row of its own)
     return FineTunedClassifier(
         model=source, freeze_depth=depth, max_epochs=epochs, batch_size=32, penalty="l2_sp",
         alpha=1e-3, lr=1e-3, backbone_lr_scale=0.1, optimizer="adamw", random_state=0,
-        device=device, memory=memory)
+        device=device, memory=memory, head_init=head_init)
 
 
-def sktransfer_search(X, y, depth, epochs, device, n_jobs, memory):
+#: (row label, n_jobs, on-disk store, head_init)
+SETTINGS = [("n_jobs=1", 1, False, "random"),
+            ("n_jobs=2, memory=<folder>", 2, True, "random"),
+            ("n_jobs=1, head_init='probe'", 1, False, "probe")]
+
+
+def sktransfer_search(X, y, depth, epochs, device, n_jobs, memory, head_init="random"):
     source, paths = counted_source(memory or tempfile.gettempdir(), depth)
     read_counts(paths)
     clear_cache()
     start = _clock()
-    search = GridSearchCV(estimator(source, depth, epochs, device, memory), GRID,
+    search = GridSearchCV(estimator(source, depth, epochs, device, memory, head_init), GRID,
                           cv=StratifiedKFold(5), n_jobs=n_jobs).fit(X, y)
     return _since(start), read_counts(paths), search
 
@@ -221,20 +233,20 @@ def main():
         limit, best = np.full(2, np.inf), {}
         for _ in range(args.repeats):
             limit = np.minimum(limit, hand_written_search(X, y, depth, epochs, args.device))
-            for n_jobs in (1, 2):
+            for label, n_jobs, on_disk, head_init in SETTINGS:
                 with tempfile.TemporaryDirectory(prefix="sktransfer_bench_") as folder:
-                    memory = folder if n_jobs > 1 else None
-                    run = sktransfer_search(X, y, depth, epochs, args.device, n_jobs, memory)
-                times = run[0] if n_jobs not in best else np.minimum(run[0], best[n_jobs][0])
-                best[n_jobs] = (times, *run[1:])
+                    memory = folder if on_disk else None
+                    run = sktransfer_search(X, y, depth, epochs, args.device, n_jobs, memory,
+                                            head_init)
+                times = run[0] if label not in best else np.minimum(run[0], best[label][0])
+                best[label] = (times, n_jobs, *run[1:])
         print(f"\nfreeze_depth={depth!r}, max_epochs={epochs}: hand-written limit "
               f"{limit[0]:.2f} s ({limit[1]:.2f} s CPU)")
         print(f"  {'setting':<28} {'seconds':>8} {'x limit':>8} {'CPU s':>7} {'x limit':>8}"
               f"   passes per image through the frozen blocks "
               f"({', '.join(BLOCKS[:len(FROZEN[depth])])})")
-        for n_jobs, (times, counts, search) in best.items():
+        for label, (times, n_jobs, counts, search) in best.items():
             passes = [counts[name] / n for name in FROZEN[depth]]
-            label = f"n_jobs={n_jobs}" + (", memory=<folder>" if n_jobs > 1 else "")
             # with n_jobs=2 the work is in the worker processes: no CPU time here
             cpu = (f"{times[1]:7.2f} {times[1] / limit[1]:8.2f}" if n_jobs == 1
                    else f"{'-':>7} {'-':>8}")

@@ -268,9 +268,8 @@ class _BaseFineTuned(WeightsFileMixin, TransferEstimatorMixin, Trainer, BaseEsti
 
     def _init_head(self, module, data, preprocess, device, y, weights, train_idx,
                    outputs=None):
-        """``head_init="probe"``: the new head fitted as a linear probe on the training rows
-        (``outputs``: every block's outputs, when the fit has them); returns its L2
-        strength for the net, or ``None`` (a random or pretrained head, or no penalty)."""
+        """``head_init="probe"``: the head as a linear probe on the training rows (``outputs``:
+        all blocks' outputs, if the fit has them); its L2 strength, or ``None``."""
         if self.head_init != "probe" or self.reuse_head:
             return None
         start = len(module.blocks)
@@ -282,7 +281,8 @@ class _BaseFineTuned(WeightsFileMixin, TransferEstimatorMixin, Trainer, BaseEsti
         features = head_features(module, outputs if start else data, preprocess, device,
                                  self.batch_size, start=start)[rows]
         l2 = probe_head(module, features, y[rows].numpy(), classification=is_classifier(self),
-                        sample_weight=None if weights is None else weights[rows].numpy())
+                        sample_weight=None if weights is None else weights[rows].numpy(),
+                        memory=self.memory)
         # penalty=None (or alpha=0) regularises nothing: the head only starts at the probe
         return None if self.penalty is None or self.alpha == 0 else l2
 

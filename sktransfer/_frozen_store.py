@@ -29,7 +29,8 @@ from collections import OrderedDict
 import numpy as np
 import torch
 
-__all__ = ["Chunk", "MemoryStore", "DiskStore", "STORE", "disk_store", "clear_cache"]
+__all__ = ["Chunk", "MemoryStore", "DiskStore", "STORE", "ResultMemo", "RESULTS",
+           "disk_store", "clear_cache"]
 
 
 class Chunk:
@@ -118,6 +119,60 @@ class MemoryStore:
 STORE = MemoryStore()
 
 
+class ResultMemo:
+    """Small results computed from frozen outputs (a linear probe's coefficients),
+    kept for the next fit that asks with the same arguments.
+
+    In a grid search the candidates that differ only in training settings (``lr``,
+    ``alpha``, ...) fit the same probe on the same fold; this keeps the last
+    ``size`` results in this process, keyed by ``joblib.hash`` of the function's
+    name and arguments (arrays by content), and, with a ``memory`` location, in
+    ``memory.cache`` as scikit-learn's ``Pipeline`` caches its transformers, so
+    that the workers of ``n_jobs=2`` share them too. A result is the function's
+    own for the same arguments: reusing it changes nothing, bit for bit.
+    """
+
+    def __init__(self, size=32):
+        self._lock = threading.Lock()
+        self._items = OrderedDict()
+        self.size = size
+
+    def __call__(self, function, *args, memory=None):
+        import joblib
+
+        key = joblib.hash((function.__module__, function.__qualname__, args))
+        with self._lock:
+            if key in self._items:
+                self._items.move_to_end(key)
+                return self._items[key]
+        cached = None if disk_store(memory) is None else _check_memory(memory)
+        result = function(*args) if cached is None else cached.cache(function)(*args)
+        with self._lock:
+            self._items[key] = result
+            while len(self._items) > self.size:
+                self._items.popitem(last=False)
+        return result
+
+    def __len__(self):
+        return len(self._items)
+
+    def clear(self):
+        with self._lock:
+            n = len(self._items)
+            self._items.clear()
+            return n
+
+
+#: results of this process computed from frozen outputs (the probes), see ResultMemo
+RESULTS = ResultMemo()
+
+
+def _check_memory(memory):
+    from sklearn.utils.validation import check_memory
+
+    return check_memory(os.fspath(memory) if isinstance(memory, os.PathLike) else memory)
+
+
 def clear_cache():
     """Free the frozen outputs that sktransfer keeps in this process.
 
@@ -125,21 +180,24 @@ def clear_cache():
     most ``cache_size`` MB per process, on the fit's device), so that later
     fits, predictions and transforms on the same samples with the same frozen
     blocks skip computing them again: the other folds, candidates and the
-    refit of a grid search. Call this to release that memory, e.g. after a
-    search on the GPU. Outputs kept on disk (``memory=``) stay there; remove
-    them with ``memory.clear()`` or by deleting the folder.
+    refit of a grid search; and the last few linear probes of
+    ``head_init="probe"`` (a probe depends on the fold's rows, not on ``lr``
+    or ``alpha``: the candidates of a search share it). Call this to release
+    that memory, e.g. after a search on the GPU. Outputs kept on disk
+    (``memory=``) stay there; remove them with ``memory.clear()`` or by
+    deleting the folder.
 
     Returns
     -------
     n_freed : int
-        The number of chunks (batches of kept outputs) removed.
+        The number of chunks (batches of kept outputs) and probes removed.
 
     Examples
     --------
     >>> from sktransfer import clear_cache
     >>> n = clear_cache()
     """
-    return STORE.clear()
+    return STORE.clear() + RESULTS.clear()
 
 
 def disk_store(memory):
@@ -151,9 +209,7 @@ def disk_store(memory):
     """
     if memory is None:
         return None
-    from sklearn.utils.validation import check_memory
-
-    memory = check_memory(os.fspath(memory) if isinstance(memory, os.PathLike) else memory)
+    memory = _check_memory(memory)
     location = getattr(memory, "location", None)
     if location is None:  # joblib.Memory(location=None): nothing is kept
         return None

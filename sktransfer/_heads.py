@@ -32,6 +32,7 @@ from sklearn.preprocessing import StandardScaler
 from torch import nn
 
 from ._blocknet import GlobalPool
+from ._frozen_store import RESULTS
 from ._inputs import iter_batches
 
 __all__ = ["Standardize", "add_standardize", "attach_head", "check_hidden_sizes",
@@ -129,6 +130,19 @@ class Standardize(nn.Module):
         return (x - self.mean) / self.scale
 
 
+def _neg_log_loss(estimator, X, y, sample_weight=None):
+    """scikit-learn's ``"neg_log_loss"`` scorer without its input checks.
+
+    ``LogisticRegressionCV`` scores each of its 13 strengths on each fold; on a
+    probe of 256 rows the checks of ``log_loss`` (labels, probabilities summing
+    to one) took a third of the probe's time, and here the labels and
+    probabilities come from the model itself. Same clipping as ``log_loss``.
+    """
+    p = estimator.predict_proba(X)[np.arange(len(y)), np.searchsorted(estimator.classes_, y)]
+    losses = -np.log(np.clip(p, np.finfo(p.dtype).eps, 1.0))
+    return -float(np.average(losses, weights=sample_weight))
+
+
 def _fit_linear(Z, y, classification, n_out, weights):
     """``(coef (n_out, d), intercept (n_out,), L2 strength of the head)``.
 
@@ -153,7 +167,7 @@ def _fit_linear(Z, y, classification, n_out, weights):
         if smallest >= 2:
             folds = StratifiedKFold(min(3, smallest))
             model = LogisticRegressionCV(Cs=PROBE_GRID, cv=folds, max_iter=1000, n_jobs=1,
-                                         scoring="neg_log_loss", **_LEGACY_OFF)
+                                         scoring=_neg_log_loss, **_LEGACY_OFF)
             # its folds in this thread: inside a search on a dask or Ray backend, joblib
             # would send them to the cluster, whose workers are busy with the search's
             # own fits (a deadlock, seen with 2 dask workers), even with n_jobs=1
@@ -193,7 +207,7 @@ def add_standardize(net):
     net.head = nn.Sequential(*pool, Standardize(np.zeros(n_in), np.ones(n_in)), *layers)
 
 
-def probe_head(net, features, y, *, classification, sample_weight=None):
+def probe_head(net, features, y, *, classification, sample_weight=None, memory=None):
     """Start ``net``'s new head from a linear probe on ``features``; return its L2 strength.
 
     ``features`` are the pretrained network's outputs before the head for the
@@ -202,7 +216,9 @@ def probe_head(net, features, y, *, classification, sample_weight=None):
     linear head (with its dropout, if any) takes the probe's coefficients; an
     MLP head (``head_hidden_sizes``) only gets the standardised input and keeps
     its random initialisation, since a probe fits one linear layer. Returns the
-    probe's L2 strength for the head's weight (0.0 for an MLP head).
+    probe's L2 strength for the head's weight (0.0 for an MLP head). The probe
+    goes through :data:`~sktransfer._frozen_store.RESULTS` (and ``memory``):
+    the candidates of a search that share a fold share its probe.
     """
     pool, layers = _split_head(net.head)
     with torch.no_grad():
@@ -219,8 +235,9 @@ def probe_head(net, features, y, *, classification, sample_weight=None):
     linear = layers[-1]
     n_out = linear.out_features
     y = np.asarray(y)
-    coef, intercept, l2 = _fit_linear(scaler.transform(F), y if classification else
-                                      y.reshape(len(y), -1), classification, n_out, w)
+    coef, intercept, l2 = RESULTS(_fit_linear, scaler.transform(F), y if classification else
+                                  y.reshape(len(y), -1), classification, n_out, w,
+                                  memory=memory)
     with torch.no_grad():
         linear.weight.copy_(torch.as_tensor(coef, dtype=linear.weight.dtype))
         linear.bias.copy_(torch.as_tensor(intercept, dtype=linear.bias.dtype))

@@ -81,13 +81,14 @@ class BatchDataset(torch.utils.data.Dataset):
             return self.X[indices]
         data = self.X.data
         if isinstance(data, np.ndarray):
-            sub = data[np.asarray(indices)]
+            sub = data[indices.numpy()]
         else:
-            sub = [data[i] for i in indices]
+            sub = [data[i] for i in indices.tolist()]
         return make_batch(InputData(sub, self.X.kind), 0, len(sub), self.preprocess)
 
     def __getitems__(self, indices):
-        indices = list(indices)
+        # one index tensor for X, y and the weights (torch converts a list at each use)
+        indices = torch.as_tensor(indices)
         Xb = self._x(indices)
         yb = self.y[indices] if self.y is not None else torch.zeros(len(indices))
         if self.sample_weight is not None:
@@ -109,19 +110,31 @@ class RollbackOnInterrupt:
     """
 
     def _snapshot(self):
-        """Copies of what an epoch can change: the optimizer's parameters, all buffers."""
+        """Keep copies of what an epoch can change: the optimizer's parameters and the
+        buffers of the modules in training mode (a module in eval mode, a frozen
+        block, leaves its buffers alone). The copies are made once and refreshed
+        in place after each epoch (one fused copy), unless gradual unfreezing
+        changed what trains."""
         module = self.module_
         optimized = {id(p) for g in self.optimizer_.param_groups for p in g["params"]}
-        state = {n: p.detach().clone() for n, p in module.named_parameters()
-                 if id(p) in optimized}
-        state.update({n: b.detach().clone() for n, b in module.named_buffers()})
-        return state
+        live = [(n, p) for n, p in module.named_parameters() if id(p) in optimized]
+        live += [(f"{prefix}.{n}" if prefix else n, b)
+                 for prefix, m in module.named_modules() if m.training
+                 for n, b in m.named_buffers(recurse=False)]
+        kept = getattr(self, "_last_state", None)
+        if kept is None or list(kept) != [n for n, _ in live] or any(
+                k.shape != t.shape or k.dtype != t.dtype for k, (_, t) in zip(kept.values(), live)):
+            self._last_state = {n: t.detach().clone() for n, t in live}
+        elif live:
+            with torch.no_grad():
+                torch._foreach_copy_(list(kept.values()), [t.detach() for _, t in live])
 
     def on_train_begin(self, net, X=None, y=None, **kwargs):
         super().on_train_begin(net, X=X, y=y, **kwargs)
         self.interrupted_epoch_ = None
         self._epoch_complete = True
-        self._last_state = self._snapshot()
+        self._last_state = None
+        self._snapshot()
 
     def on_epoch_begin(self, net, dataset_train=None, dataset_valid=None, **kwargs):
         super().on_epoch_begin(net, dataset_train, dataset_valid, **kwargs)
@@ -130,7 +143,7 @@ class RollbackOnInterrupt:
     def on_epoch_end(self, net, dataset_train=None, dataset_valid=None, **kwargs):
         super().on_epoch_end(net, dataset_train, dataset_valid, **kwargs)
         self._epoch_complete = True
-        self._last_state = self._snapshot()
+        self._snapshot()
 
     def fit_loop(self, X, y=None, epochs=None, **fit_params):
         try:

@@ -124,9 +124,10 @@ def _counted_cnn(path):
 
 
 def _est(net, memory, **params):
+    params = {"lr": 1e-2, "alpha": 1e-3, **params}
     return FineTunedClassifier(model=net, freeze_depth=2, max_epochs=1, batch_size=32,
-                               lr=1e-2, penalty="l2_sp", alpha=1e-3, random_state=0,
-                               device="cpu", memory=memory, **params)
+                               penalty="l2_sp", random_state=0, device="cpu", memory=memory,
+                               **params)
 
 
 @pytest.fixture()
@@ -206,3 +207,51 @@ def test_parallel_search_shares_outputs_through_the_disk(tmp_path, data):
                                   serial.cv_results_["mean_test_score"])
     np.testing.assert_array_equal(parallel.best_estimator_.predict_proba(X),
                                   serial.best_estimator_.predict_proba(X))
+
+
+def _count_probes(monkeypatch):
+    import sktransfer._heads as heads
+
+    calls = []
+    fit_linear = heads._fit_linear
+
+    def counted(*args):
+        calls.append(1)
+        return fit_linear(*args)
+
+    monkeypatch.setattr(heads, "_fit_linear", counted)
+    return calls
+
+
+def test_candidates_that_share_a_fold_share_its_probe(tmp_path, data, monkeypatch):
+    X, y = data
+    calls = _count_probes(monkeypatch)
+    net, _ = _counted_cnn(tmp_path / "count")
+    clear_cache()
+    fast = _est(net, None, lr=3e-2).fit(X, y)
+    slow = _est(net, None, lr=1e-3, alpha=1e-1).fit(X, y)  # same rows: the same probe
+    assert len(calls) == 1
+    _est(net, None).fit(X[:80], y[:80])  # other rows: another probe
+    assert len(calls) == 2
+    # what was kept is what a fresh probe gives: the same predictions, bit for bit
+    assert clear_cache() > 0
+    fresh = _est(net, None, lr=1e-3, alpha=1e-1).fit(X, y)
+    assert len(calls) == 3
+    np.testing.assert_array_equal(fresh.predict_proba(X), slow.predict_proba(X))
+    assert not np.array_equal(fast.predict_proba(X), slow.predict_proba(X))
+
+
+def test_probes_on_disk_serve_another_process(tmp_path, data, monkeypatch):
+    X, y = data
+    calls = _count_probes(monkeypatch)
+    net, _ = _counted_cnn(tmp_path / "count")
+    clear_cache()
+    first = _est(net, str(tmp_path / "cache")).fit(X, y)
+    clear_cache()  # as a new process would start: nothing in memory
+    again = _est(net, str(tmp_path / "cache"), lr=1e-3).fit(X, y)
+    assert len(calls) == 1
+    assert not np.array_equal(again.predict_proba(X), first.predict_proba(X))
+    clear_cache()
+    joblib.Memory(str(tmp_path / "cache"), verbose=0).clear(warn=False)
+    _est(net, str(tmp_path / "cache")).fit(X, y)  # the user emptied the folder: fitted again
+    assert len(calls) == 2
