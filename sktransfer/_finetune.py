@@ -31,6 +31,7 @@ from ._base import (
     seed_from_random_state,
     unchanged_on_error,
 )
+from ._auto import fit_auto_depth
 from ._blocks import check_freeze_depth, freeze_blocks
 from ._device import autocast, autocast_dtype, check_precision
 from ._docstrings import fill_doc
@@ -62,7 +63,7 @@ class _BaseFineTuned(WeightsFileMixin, TransferEstimatorMixin, Trainer, BaseEsti
         **Trainer._parameter_constraints,
         # the upper bound is the number of blocks, known in fit: check_freeze_depth
         "freeze_depth": [Interval(numbers.Integral, 0, None, closed="left"),
-                         StrOptions({"all"})],
+                         StrOptions({"all", "auto"})],
         "penalty": [StrOptions({"l2", "l1", "l2_sp", "bss", "co_tuning"}), None],
         "alpha": [Interval(numbers.Real, 0, None, closed="left")],
         "backbone_lr_scale": [Interval(numbers.Real, 0, None, closed="left")],
@@ -85,13 +86,12 @@ class _BaseFineTuned(WeightsFileMixin, TransferEstimatorMixin, Trainer, BaseEsti
         "memory": [None, str, os.PathLike, HasMethods(["cache"])],
     }
 
-    def __init__(self, model=None, weights=None, *, freeze_depth=0, penalty="l2_sp",
+    def __init__(self, model=None, weights=None, *, freeze_depth="auto", penalty="l2_sp",
                  alpha=1e-3, lr=1e-3, backbone_lr_scale=1.0, layer_decay=None,
                  lr_schedule=None, unfreeze_every=None,
                  train_blocks=None, train_params="all", adapter=None, adapter_rank=8,
                  adapter_alpha=16.0, bn="train", wise=1.0,
-                 augment=None, max_epochs="auto",
-                 batch_size=16,
+                 augment=None, max_epochs="auto", batch_size=16,
                  optimizer="adamw", weight_decay=0.0, momentum=0.9, head_hidden_sizes=(),
                  dropout=0.0, reuse_head=False, head_init="probe", early_stopping=False,
                  validation_fraction=0.1, n_iter_no_change=10, tol=1e-4, cache_size=1024,
@@ -196,6 +196,9 @@ class _BaseFineTuned(WeightsFileMixin, TransferEstimatorMixin, Trainer, BaseEsti
         self
             The fitted estimator.
         """
+        if isinstance(self.freeze_depth, str) and self.freeze_depth == "auto":
+            return fit_auto_depth(self, X, y, sample_weight, seed_from_random_state(
+                self.random_state))  # the probe or fine-tuning, by cross-validation
         accelerator, device = resolve_accelerator(self.accelerator, self.device)
         amp = check_precision(self.precision, device, accelerator)
         check_single_process_only(accelerator, unfreeze_every=self.unfreeze_every)
@@ -404,13 +407,12 @@ class FineTunedClassifier(ClassifierMixin, _BaseFineTuned):
         "class_weight": [StrOptions({"balanced"}), dict, None],
     }
 
-    def __init__(self, model=None, weights=None, *, freeze_depth=0, penalty="l2_sp",
+    def __init__(self, model=None, weights=None, *, freeze_depth="auto", penalty="l2_sp",
                  alpha=1e-3, lr=1e-3, backbone_lr_scale=1.0, layer_decay=None,
                  lr_schedule=None, unfreeze_every=None,
                  train_blocks=None, train_params="all", adapter=None, adapter_rank=8,
                  adapter_alpha=16.0, bn="train", wise=1.0,
-                 augment=None, max_epochs="auto",
-                 batch_size=16,
+                 augment=None, max_epochs="auto", batch_size=16,
                  optimizer="adamw", weight_decay=0.0, momentum=0.9, head_hidden_sizes=(),
                  dropout=0.0, reuse_head=False, head_init="probe", early_stopping=False,
                  validation_fraction=0.1, n_iter_no_change=10, tol=1e-4, cache_size=1024,
@@ -423,16 +425,14 @@ class FineTunedClassifier(ClassifierMixin, _BaseFineTuned):
             lr_schedule=lr_schedule, unfreeze_every=unfreeze_every,
             train_blocks=train_blocks, train_params=train_params, adapter=adapter,
             adapter_rank=adapter_rank, adapter_alpha=adapter_alpha, bn=bn, wise=wise,
-            augment=augment,
-            max_epochs=max_epochs, batch_size=batch_size,
+            augment=augment, max_epochs=max_epochs, batch_size=batch_size,
             optimizer=optimizer, weight_decay=weight_decay, momentum=momentum,
             head_hidden_sizes=head_hidden_sizes, dropout=dropout, reuse_head=reuse_head,
             head_init=head_init, early_stopping=early_stopping,
-            validation_fraction=validation_fraction,
-            n_iter_no_change=n_iter_no_change, tol=tol, cache_size=cache_size,
-            memory=memory, random_state=random_state, device=device, precision=precision,
-            accelerator=accelerator, preprocess=preprocess,
-            verbose=verbose, net_kwargs=net_kwargs,
+            validation_fraction=validation_fraction, n_iter_no_change=n_iter_no_change,
+            tol=tol, cache_size=cache_size, memory=memory, random_state=random_state,
+            device=device, precision=precision, accelerator=accelerator,
+            preprocess=preprocess, verbose=verbose, net_kwargs=net_kwargs,
         )
         self.class_weight = class_weight
 

@@ -35,7 +35,7 @@ LAYERS = [
     ["_adapt"],
     ["_net"],
     ["_trainer", "_pretext"],
-    ["_persist"],
+    ["_persist", "_auto"],
     # estimators
     ["_extract", "_pretrain", "_finetune"],
     # public face

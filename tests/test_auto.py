@@ -1,0 +1,86 @@
+"""``freeze_depth="auto"`` (``_auto.py``): the probe or fine-tuning, chosen by
+cross-validation on the training rows, then refitted on all of them."""
+
+import numpy as np
+import pytest
+import torch
+from sklearn.base import clone
+from sklearn.model_selection import GridSearchCV, StratifiedKFold, cross_val_score
+from torch import nn
+
+from sktransfer import FineTunedClassifier, FineTunedRegressor
+from sktransfer._base import seed_from_random_state
+
+FAST = {"max_epochs": 5, "batch_size": 16, "device": "cpu"}
+
+
+def _linear_target_task(seed, noise=0.5):
+    """A random MLP and a target linear in its penultimate features plus noise: the probe
+    (RidgeCV) recovers it; fine-tuning every block on 60 rows fits the noise."""
+    torch.manual_seed(seed)
+    net = nn.Sequential(nn.Linear(10, 32), nn.Tanh(), nn.Linear(32, 16), nn.Tanh(),
+                        nn.Linear(16, 1))
+    rng = np.random.default_rng(seed)
+    X = rng.normal(size=(400, 10)).astype(np.float32)
+    with torch.no_grad():
+        Z = net[:4](torch.from_numpy(X)).numpy()
+    y = Z @ rng.normal(size=16) + noise * rng.normal(size=400)
+    return net, X, y
+
+
+def test_auto_keeps_the_probe_where_fine_tuning_overfits():
+    net, X, y = _linear_target_task(0)
+    auto = FineTunedRegressor(model=net, random_state=0, max_epochs=40).fit(X[:60], y[:60])
+    assert auto.get_params()["freeze_depth"] == "auto"  # the default, unchanged by fit
+    assert auto.freeze_depth_ == 2  # both blocks frozen: the probe
+    assert auto.freeze_depth_scores_["all"] > auto.freeze_depth_scores_[0]
+    tuned = FineTunedRegressor(model=net, freeze_depth=0, random_state=0,
+                               max_epochs=40).fit(X[:60], y[:60])
+    assert auto.score(X[60:], y[60:]) > tuned.score(X[60:], y[60:]) + 0.02
+
+
+def test_auto_fine_tunes_where_the_source_features_are_poor(digits, source_cnn):
+    X, y = digits["X_target"][:300], digits["y_target"][:300]
+    auto = FineTunedClassifier(model=source_cnn, random_state=0, **FAST).fit(X, y)
+    assert auto.freeze_depth_ == 0
+    assert auto.freeze_depth_scores_[0] > auto.freeze_depth_scores_["all"]
+    assert not np.array_equal(auto.module_.blocks[0][0].weight.detach(),
+                              source_cnn[0].weight.detach())  # the blocks trained
+
+
+def test_auto_is_cross_validation_then_the_refit_of_the_winner(digits, source_cnn):
+    X, y = digits["X_target"][:120], digits["y_target"][:120]
+    auto = FineTunedClassifier(model=source_cnn, random_state=3, **FAST).fit(X, y)
+    seed = seed_from_random_state(3)
+    folds = StratifiedKFold(3, shuffle=True, random_state=seed)
+    for depth in (0, "all"):
+        est = FineTunedClassifier(model=source_cnn, freeze_depth=depth, random_state=3, **FAST)
+        assert cross_val_score(est, X, y, cv=folds).mean() == pytest.approx(
+            auto.freeze_depth_scores_[depth], abs=1e-12)
+    best = max((0, "all"), key=lambda d: auto.freeze_depth_scores_[d])
+    refit = FineTunedClassifier(model=source_cnn, freeze_depth=best, random_state=3,
+                                **FAST).fit(X, y)
+    np.testing.assert_array_equal(auto.predict_proba(X), refit.predict_proba(X))
+    assert auto.freeze_depth_ == refit.freeze_depth_
+
+
+def test_auto_without_folds_fine_tunes(digits, source_cnn):
+    X, y = digits["X_target"][:60], digits["y_target"][:60]
+    surgical = FineTunedClassifier(model=source_cnn, train_blocks=[1], random_state=0,
+                                   **FAST).fit(X, y)
+    assert surgical.train_blocks_ == [1] and np.isnan(surgical.freeze_depth_scores_[0])
+    one = np.flatnonzero(y == y[0])[1:]  # the first label's class keeps a single sample
+    keep = np.setdiff1d(np.arange(len(y)), one)
+    single = FineTunedClassifier(model=source_cnn, random_state=0, **FAST).fit(X[keep], y[keep])
+    assert single.freeze_depth_ == 0 and list(single.freeze_depth_scores_) == [0]
+
+
+def test_auto_in_a_search_with_sample_weights_and_clones(digits, source_cnn):
+    X, y = digits["X_target"][:60], digits["y_target"][:60]
+    w = np.where(y == 5, 3.0, 1.0)
+    est = FineTunedClassifier(model=source_cnn, random_state=0, **{**FAST, "max_epochs": 2})
+    search = GridSearchCV(est, {"alpha": [1e-3, 1e-1]}, cv=2).fit(X, y, sample_weight=w)
+    assert search.best_estimator_.freeze_depth_ in (0, len(search.best_estimator_.blocks_))
+    assert clone(search.best_estimator_).get_params()["freeze_depth"] == "auto"
+    with pytest.raises(ValueError, match="freeze_depth"):
+        FineTunedClassifier(model=source_cnn, freeze_depth="automatic").fit(X, y)
