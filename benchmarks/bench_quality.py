@@ -44,11 +44,13 @@ Methods (``--methods``; the registry ``METHODS`` maps a name to
   1e3, 7 values, cv=3, log-loss) (RidgeCV: alpha in
   1e-3 .. 1e3, 13 values, efficient leave-one-out);
 - ``defaults``: ``FineTunedClassifier/Regressor(model=source,
-  random_state=draw)``, nothing else set;
+  random_state=draw)``, nothing else set (``freeze_depth="auto"``: the probe or
+  fine-tuning every block, by 3-fold cross-validation);
 - ``grid``: ``GridSearchCV`` of the same over ``freeze_depth`` (every depth the
   task's network has, up to 2, and ``"all"``) x ``alpha`` {1e-3, 1e-2, 1e-1},
   cv=3.
-- one row per adaptation method, the defaults plus: ``wise`` (``wise=0.5``),
+- one row per adaptation method, the defaults with ``freeze_depth=0`` plus:
+  ``wise`` (``wise=0.5``),
   ``bitfit`` (``train_params="bias"``), ``norm_only`` (``"norm"``) and
   ``bn_frozen`` (``bn="frozen"``) on the BatchNorm tasks, ``lora``
   (``adapter="lora"``), ``surgical_first`` / ``surgical_last``
@@ -457,8 +459,10 @@ ADAPTATIONS = [
 
 
 def _adaptation(settings):
+    # each method applied to fine-tuning (freeze_depth=0): with the default "auto" the
+    # fit could pick the probe, where no method changes anything
     def factory(task, draw, quick=False, **params):
-        return _sktransfer(task, draw, quick, {**settings, **params})
+        return _sktransfer(task, draw, quick, {"freeze_depth": 0, **settings, **params})
     return factory
 
 
@@ -470,10 +474,10 @@ for _name, _label, _settings, _applies in ADAPTATIONS:
 
 @register("methods", "GridSearchCV over the methods", sktransfer=True)
 def methods(task, draw, quick=False, **params):
-    grid = [{}]  # the defaults: plain fine-tuning
+    grid = [{}]  # the defaults (the probe or plain fine-tuning)
     for _, _, settings, fits in ADAPTATIONS:
         if fits is None or fits(task):
-            grid.append({k: [v] for k, v in settings.items()})
+            grid.append({"freeze_depth": [0], **{k: [v] for k, v in settings.items()}})
     if quick:
         grid = grid[:2]
     grid = [{k: v for k, v in g.items() if k not in params} for g in grid]

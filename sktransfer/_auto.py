@@ -36,14 +36,22 @@ def _folds(estimator, y, seed):
     return KFold(3, shuffle=True, random_state=seed) if len(y) >= 6 else None
 
 
-def fit_auto_depth(estimator, X, y, sample_weight, seed):
+def fit_auto_depth(estimator, X, data, y, sample_weight, seed):
     """Fit ``estimator`` (``freeze_depth="auto"``) with the depth chosen by
     cross-validation; returns it with the chosen fit's attributes and
     ``freeze_depth_scores_`` (candidate -> mean fold score).
 
-    ``train_blocks`` decides what trains by itself: then the depth is 0 and no
-    folds run; so too when a class has a single sample.
+    ``X``, ``y`` and ``sample_weight`` have passed the fit's validation
+    (``data`` is the validated ``X``, ``y`` the validated targets): the folds
+    index the user's ``X`` where it is a DataFrame, list or array (a DataFrame
+    keeps its columns), the validated array otherwise. ``train_blocks``
+    decides what trains by itself: then the depth is 0 and no folds run; so
+    too when a class has a single sample.
     """
+    if not (hasattr(X, "iloc") or isinstance(X, (list, tuple, np.ndarray))):
+        X = data.data
+    if sample_weight is not None:
+        sample_weight = np.asarray(sample_weight)
     candidate = clone(estimator).set_params(freeze_depth=0)
     cv = None if estimator.train_blocks is not None else _folds(estimator, y, seed)
     params = {} if sample_weight is None else {"sample_weight": sample_weight}

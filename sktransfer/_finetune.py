@@ -196,9 +196,6 @@ class _BaseFineTuned(WeightsFileMixin, TransferEstimatorMixin, Trainer, BaseEsti
         self
             The fitted estimator.
         """
-        if isinstance(self.freeze_depth, str) and self.freeze_depth == "auto":
-            return fit_auto_depth(self, X, y, sample_weight, seed_from_random_state(
-                self.random_state))  # the probe or fine-tuning, by cross-validation
         accelerator, device = resolve_accelerator(self.accelerator, self.device)
         amp = check_precision(self.precision, device, accelerator)
         check_single_process_only(accelerator, unfreeze_every=self.unfreeze_every)
@@ -212,6 +209,9 @@ class _BaseFineTuned(WeightsFileMixin, TransferEstimatorMixin, Trainer, BaseEsti
         y_tensor, n_out, stratify = self._encode_y(y)
         weights = self._sample_weights(data, y, sample_weight)
         seed = seed_from_random_state(self.random_state)
+        if isinstance(self.freeze_depth, str) and self.freeze_depth == "auto":
+            self._validation_split(len(data), stratify, seed)  # its errors name all the rows
+            return fit_auto_depth(self, X, data, y, sample_weight, seed)  # (_auto.py)
         resolved = self._resolve_pretrained(seed)
         preprocess = self._preprocess_fn(resolved)
         # the blocks in front of the first trained one are frozen: their outputs for

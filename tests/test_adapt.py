@@ -27,8 +27,8 @@ from sktransfer._adapt import check_train_blocks, set_trainable
 CPU = {"device": "cpu"}
 # explicit training settings: these tests must not depend on the estimators' defaults
 # head_init="random": a plain Linear head, which these tests read by name (head.weight)
-FIT = dict(max_epochs=3, lr=1e-2, backbone_lr_scale=1.0, batch_size=16, penalty=None,
-           head_init="random", random_state=0, **CPU)
+FIT = dict(freeze_depth=0, max_epochs=3, lr=1e-2, backbone_lr_scale=1.0, batch_size=16,
+           penalty=None, head_init="random", random_state=0, **CPU)
 N_BLOCKS = 5
 
 

@@ -368,8 +368,8 @@ _TUNED_PARAMS = [
      (ValueError, r"freeze_depth=3 is out of range: the model has 2 blocks, so use 0\.\.2 "
                   r"or 'all' \(see sktransfer\.list_blocks\(model\)\)")),
     ("freeze_depth-negative", {"freeze_depth": -1},
-     param_error("freeze_depth", r"an int in the range \[0, inf\) or a str among \{'all'\}",
-                 "-1")),
+     param_error("freeze_depth", r"an int in the range \[0, inf\) or a str among "
+                 r"\{'a(ll|uto)', 'a(ll|uto)'\}", "-1")),
     ("freeze_depth-float", {"freeze_depth": 1.5}, param_error("freeze_depth", got=r"1\.5")),
     ("freeze_depth-bool", {"freeze_depth": True},
      (TypeError, r"freeze_depth must be an int or 'all', got bool True")),

@@ -70,7 +70,8 @@ def test_adaptation_rows_run_where_they_apply(bench, capsys):
     assert table[bench.label("co_tuning")][1] == ""  # a regression task
     assert all(cells[0] for cells in table.values())  # every method ran on digits-bn-5
     search = [r for r in rows if r["method"] == "methods" and r["task"] == "digits-bn-5"]
-    assert search[0]["chosen"] in ({}, {"wise": 0.5})  # --quick: 2 candidates
+    # --quick: 2 candidates, the defaults and WiSE-FT applied to fine-tuning
+    assert search[0]["chosen"] in ({}, {"freeze_depth": 0, "wise": 0.5})
 
 
 def test_registry_and_parameters_reach_the_methods(bench, capsys):

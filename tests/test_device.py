@@ -67,8 +67,9 @@ def mlp(seen=None):
 
 
 def classifier(**params):
-    kwargs = dict(model=mlp(), max_epochs=15, lr=1e-2, penalty=None, backbone_lr_scale=1.0,
-                  batch_size=32, head_init="random", random_state=0, device="cpu")
+    kwargs = dict(model=mlp(), freeze_depth=0, max_epochs=15, lr=1e-2, penalty=None,
+                  backbone_lr_scale=1.0, batch_size=32, head_init="random", random_state=0,
+                  device="cpu")
     kwargs.update(params)
     return FineTunedClassifier(**kwargs)
 

@@ -159,7 +159,8 @@ def test_l2_sp_pulls_towards_pretrained(source_cnn, digits):
     X, y = digits["X_target"][:200], digits["y_target"][:200]
     dist = []
     for alpha in [0.0, 1.0, 100.0]:
-        est = FineTunedClassifier(model=source_cnn, penalty="l2_sp", alpha=alpha, lr=3e-3,
+        est = FineTunedClassifier(model=source_cnn, freeze_depth=0, penalty="l2_sp", alpha=alpha,
+                                  lr=3e-3,
                                   backbone_lr_scale=1.0, max_epochs=8, random_state=0, **CPU)
         dist.append(_distance_to_source(est.fit(X, y), source_cnn))
     assert dist[0] > dist[1] > dist[2] > 0
@@ -191,7 +192,8 @@ def test_l2_and_l1_shrink_weights(source_cnn, digits):
 
 def test_penalty_only_in_training_loss(source_cnn, digits):
     X, y = digits["X_target"][:200], digits["y_target"][:200]
-    est = FineTunedClassifier(model=source_cnn, penalty="l2", alpha=10.0, max_epochs=2,
+    est = FineTunedClassifier(model=source_cnn, freeze_depth=0, penalty="l2", alpha=10.0,
+                              max_epochs=2,
                               early_stopping=True, validation_fraction=0.25, random_state=0,
                               **CPU).fit(X, y)
     first = est.history_[0]
@@ -299,7 +301,8 @@ def test_sgd_with_momentum(source_cnn, digits):
             seen["opt"] = net.optimizer_
 
     X, y = digits["X_target"][:100], digits["y_target"][:100]
-    est = FineTunedClassifier(model=source_cnn, optimizer="sgd", momentum=0.8, lr=0.05,
+    est = FineTunedClassifier(model=source_cnn, freeze_depth=0, optimizer="sgd", momentum=0.8,
+                              lr=0.05,
                               weight_decay=1e-4, max_epochs=5, random_state=0,
                               net_kwargs={"callbacks": [Spy()]}, **CPU).fit(X, y)
     assert isinstance(seen["opt"], torch.optim.SGD)
@@ -541,7 +544,8 @@ def test_model_that_does_not_fit_the_data(tabular_source, digits):
 @pytest.mark.parametrize("params, error, match", [
     ({"freeze_depth": 6}, ValueError, "model has 3 blocks"),
     ({"freeze_depth": -1}, ValueError, r"'freeze_depth' .* must be an int in the range \[0, inf"),
-    ({"freeze_depth": "some"}, ValueError, r"'freeze_depth' .* or a str among \{'all'\}"),
+    ({"freeze_depth": "some"}, ValueError,
+     r"'freeze_depth' .* or a str among \{'a(ll|uto)', 'a(ll|uto)'\}"),
     ({"freeze_depth": 1.5}, TypeError, r"'freeze_depth' .*Got 1\.5 instead"),
     ({"freeze_depth": True}, TypeError, "freeze_depth must be an int or 'all', got bool"),
     ({"alpha": -1.0}, ValueError, "alpha"),

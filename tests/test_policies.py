@@ -32,7 +32,8 @@ class GroupRates(Callback):
 
 def test_layer_decay_scales_each_block_from_the_top(source_cnn, digits):
     spy = GroupRates()
-    FineTunedClassifier(model=source_cnn, lr=0.01, backbone_lr_scale=0.5, layer_decay=0.5,
+    FineTunedClassifier(model=source_cnn, freeze_depth=0, lr=0.01, backbone_lr_scale=0.5,
+                        layer_decay=0.5,
                         max_epochs=1, random_state=0, net_kwargs={"callbacks": [spy]},
                         **CPU).fit(digits["X_target"][:64], digits["y_target"][:64])
     rates = spy.rates[0]
@@ -61,7 +62,8 @@ def rates_close(a, b):
 ])
 def test_epoch_schedules(source_cnn, digits, schedule, check):
     spy = GroupRates()
-    est = FineTunedClassifier(model=source_cnn, lr=0.01, lr_schedule=schedule, max_epochs=10,
+    est = FineTunedClassifier(model=source_cnn, freeze_depth=0, lr=0.01, lr_schedule=schedule,
+                              max_epochs=10,
                               random_state=0, net_kwargs={"callbacks": [spy]}, **CPU)
     est.fit(digits["X_target"][:64], digits["y_target"][:64])
     head = [row["head"] for row in spy.rates]
@@ -144,7 +146,7 @@ def test_gradual_unfreezing_schedule_and_frozen_blocks_unchanged(source_cnn, dig
     from sktransfer import split_model
 
     X, y = digits["X_target"][:96], digits["y_target"][:96]
-    est = FineTunedClassifier(model=source_cnn, unfreeze_every=2, max_epochs=8,
+    est = FineTunedClassifier(model=source_cnn, freeze_depth=0, unfreeze_every=2, max_epochs=8,
                               backbone_lr_scale=1.0, random_state=0, **CPU).fit(X, y)
     assert [r["trainable_from"] for r in est.history_] == [3, 3, 2, 2, 1, 1, 0, 0]
     # with 2 epochs only the head trains: every block stays as pretrained
