@@ -151,12 +151,12 @@ def test_gradual_unfreezing_schedule_and_frozen_blocks_unchanged(source_cnn, dig
     assert [r["trainable_from"] for r in est.history_] == [3, 3, 2, 2, 1, 1, 0, 0]
     # with 2 epochs only the head trains: every block stays as pretrained
     before = _block_states(split_model(copy.deepcopy(source_cnn)))
-    short = FineTunedClassifier(model=source_cnn, unfreeze_every=2, max_epochs=2,
+    short = FineTunedClassifier(model=source_cnn, freeze_depth=0, unfreeze_every=2, max_epochs=2,
                                 backbone_lr_scale=1.0, random_state=0, **CPU).fit(X, y)
     after = _block_states(short.module_)
     assert all(torch.equal(b[k], a[k]) for b, a in zip(before, after) for k in b)
     # with 4 epochs the top block has moved, the others have not
-    mid = FineTunedClassifier(model=source_cnn, unfreeze_every=2, max_epochs=4,
+    mid = FineTunedClassifier(model=source_cnn, freeze_depth=0, unfreeze_every=2, max_epochs=4,
                               backbone_lr_scale=1.0, random_state=0, **CPU).fit(X, y)
     after = _block_states(mid.module_)
     assert not all(torch.equal(before[2][k], after[2][k]) for k in before[2])
