@@ -9,6 +9,7 @@ from sklearn.model_selection import GridSearchCV, StratifiedKFold, cross_val_sco
 from torch import nn
 
 from sktransfer import FineTunedClassifier, FineTunedRegressor
+from sktransfer._auto import one_standard_error
 from sktransfer._base import seed_from_random_state
 
 FAST = {"max_epochs": 5, "batch_size": 16, "device": "cpu"}
@@ -53,15 +54,30 @@ def test_auto_is_cross_validation_then_the_refit_of_the_winner(digits, source_cn
     auto = FineTunedClassifier(model=source_cnn, random_state=3, **FAST).fit(X, y)
     seed = seed_from_random_state(3)
     folds = StratifiedKFold(3, shuffle=True, random_state=seed)
+    scores = {}
     for depth in (0, "all"):
         est = FineTunedClassifier(model=source_cnn, freeze_depth=depth, random_state=3, **FAST)
-        assert cross_val_score(est, X, y, cv=folds).mean() == pytest.approx(
-            auto.freeze_depth_scores_[depth], abs=1e-12)
-    best = max((0, "all"), key=lambda d: auto.freeze_depth_scores_[d])
+        scores[depth] = cross_val_score(est, X, y, cv=folds)
+        assert scores[depth].mean() == pytest.approx(auto.freeze_depth_scores_[depth],
+                                                     abs=1e-12)
+    gain = scores[0] - scores["all"]  # fine-tuning only if it wins by a standard error
+    best = 0 if gain.mean() > gain.std(ddof=1) / np.sqrt(3) else "all"
     refit = FineTunedClassifier(model=source_cnn, freeze_depth=best, random_state=3,
                                 **FAST).fit(X, y)
     np.testing.assert_array_equal(auto.predict_proba(X), refit.predict_proba(X))
     assert auto.freeze_depth_ == refit.freeze_depth_
+
+
+def test_one_standard_error_rule_prefers_the_probe_unless_fine_tuning_clearly_wins():
+    def results(fine_tune, probe):
+        return {f"split{i}_test_score": np.array([f, p])
+                for i, (f, p) in enumerate(zip(fine_tune, probe))}
+
+    assert one_standard_error(results([0.9, 0.92, 0.91], [0.6, 0.62, 0.58])) == 0
+    # a larger mean, but one fold of three says the opposite: within one standard error
+    assert one_standard_error(results([0.9, 0.9, 0.7], [0.8, 0.8, 0.8])) == 1
+    assert one_standard_error(results([0.8, 0.8], [0.8, 0.8])) == 1  # a tie: the probe
+    assert one_standard_error(results([0.81, 0.81], [0.8, 0.8])) == 0  # no spread: any gain
 
 
 def test_auto_without_folds_fine_tunes(digits, source_cnn):
