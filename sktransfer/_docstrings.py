@@ -69,8 +69,10 @@ freeze_depth : int, "all" or "auto", default="auto"
     unchanged, and their BatchNorm/Dropout stay in eval mode. ``"auto"``
     chooses between ``0`` (fine-tune every block) and ``"all"`` by 3-fold
     cross-validation on the training rows (stratified, shuffled with
-    ``random_state``, scored with :meth:`score`), then refits the better one
-    on all rows: about 3 fits' time instead of 1. ``freeze_depth_`` and
+    ``random_state``, scored with :meth:`score`): the probe unless
+    fine-tuning wins by more than one standard error of the fold
+    differences. It then refits the chosen one on all rows: about 3 fits'
+    time instead of 1. ``freeze_depth_`` and
     ``freeze_depth_scores_`` say what it chose and why. Set it (e.g. in a
     grid search over ``freeze_depth``) to skip the inner folds.
 penalty : {"l2_sp", "l2", "l1", "bss", "co_tuning"} or None, default="l2_sp"
