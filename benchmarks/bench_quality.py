@@ -24,8 +24,8 @@ Tasks (``--tasks``: a name or a group, e.g. ``digits``):
 - ``synth-clf``, ``synth-reg``: synthetic tables
   (:func:`~sktransfer.datasets.make_tabular_transfer`), 150 labelled target
   rows, binary label or regression; source: an MLP (64, 64, 32) pretrained with
-  ``FineTunedRegressor(penalty=None, head_init="random", backbone_lr_scale=1.0, lr=3e-3,
-  max_epochs=40, batch_size=128)`` on 4 source targets. Columns are
+  ``FineTunedRegressor(penalty=None, head_init="random", freeze_depth=0,
+  backbone_lr_scale=1.0, lr=3e-3, max_epochs=40, batch_size=128)`` on 4 source targets. Columns are
   standardised with the source table's statistics for every method.
 - ``pretrain-5``: ``TabularPretrainer(method="contrastive")`` (defaults) on
   the unlabeled 70 % of the digits table, 5 labelled rows per class
@@ -311,7 +311,7 @@ def pretrain_source(key, quick=False):
         d, scaler = _synth_tables(regression=False)  # the same source table for both
         return FineTunedRegressor(
             model=partial(mlp, 20, (64, 64, 32), 4), penalty=None, head_init="random",
-            lr=3e-3, max_epochs=epochs or 40, batch_size=128, random_state=0,
+            freeze_depth=0, lr=3e-3, max_epochs=epochs or 40, batch_size=128, random_state=0,
         ).fit(scaler.transform(d.X_source), d.y_source)
     if key == "pretrain":
         d = load_digits_table(1, random_state=0)

@@ -449,8 +449,9 @@ def _autocast(ctx, dtype):
 @row('device="auto" picks the GPU')
 def check_auto(ctx):
     X, y, _, _ = ctx.data()
-    est = FineTunedClassifier(model=ctx.model(), max_epochs=1, batch_size=ctx.batch,
-                              penalty=None, random_state=0, device="auto").fit(X[:64], y[:64])
+    est = FineTunedClassifier(model=ctx.model(), freeze_depth=0, max_epochs=1,
+                              batch_size=ctx.batch, penalty=None, random_state=0,
+                              device="auto").fit(X[:64], y[:64])
     expected = "cuda" if torch.cuda.is_available() else "cpu"
     where = _device_of(est.module_)
     assert est.device_ == expected and where.startswith(expected), (
@@ -1076,7 +1077,7 @@ def check_hf(ctx):
         y = rng.randint(0, 2, size=64 if ctx.short else 256)
         texts = [f"the {rng.choice(['film', 'food'])} was very "
                  f"{rng.choice(pos if label else neg)}" for label in y]
-        est = FineTunedClassifier(model=f"hf:{tmp}", penalty=None, lr=3e-3,
+        est = FineTunedClassifier(model=f"hf:{tmp}", freeze_depth=0, penalty=None, lr=3e-3,
                                   max_epochs=2 if ctx.short else 10, batch_size=32,
                                   random_state=0, device=ctx.device).fit(texts, y)
         where = _device_of(est.module_)

@@ -77,7 +77,7 @@ def main():
 
     # pretraining on the source table, spread over the processes as well
     start = time.perf_counter()
-    source = FineTunedRegressor(model=make_mlp, penalty=None, head_init="random",
+    source = FineTunedRegressor(model=make_mlp, penalty=None, head_init="random", freeze_depth=0,
                                 lr=3e-3, max_epochs=20, batch_size=64, random_state=0,
                                 accelerator=accelerator).fit(X_source, y_source)
     say(f"source pretrained in {time.perf_counter() - start:.1f} s")

@@ -129,7 +129,8 @@ print(f"source: {len(X_source)} images of digits 0-4; target: a pool of {len(X_p
 def pretrain(X, y, epochs):
     """Train ``make_digits_cnn()`` on a source set with sktransfer."""
     return FineTunedClassifier(
-        model=make_digits_cnn, penalty=None, head_init="random", lr=3e-3, max_epochs=epochs,
+        model=make_digits_cnn, penalty=None, head_init="random", freeze_depth=0, lr=3e-3,
+        max_epochs=epochs,
         batch_size=64, random_state=0,
     ).fit(X, y)
 
@@ -237,7 +238,7 @@ with pd.option_context("display.width", 120):
 # this is training from scratch. Accuracy is measured on the held-out target
 # test set and averaged over the draws of the labelled set.
 
-FINETUNE = {"penalty": None, "lr": 3e-3, "backbone_lr_scale": 1.0,
+FINETUNE = {"freeze_depth": 0, "penalty": None, "lr": 3e-3, "backbone_lr_scale": 1.0,
             "max_epochs": FINETUNE_EPOCHS, "batch_size": 16}
 acc_rows = []
 with tqdm(total=N_DRAWS * len(candidates), desc="fine-tuning", unit="fit") as progress:

@@ -124,7 +124,7 @@ if __name__ == "__main__":
     torch.set_num_threads(1)  # a small network: one thread per fit, as on the workers
     print(f"{'fast' if FAST else 'full'} mode: {4 * 3 * CV} fits of at most "
           f"{MAX_EPOCHS} epochs")
-    source = FineTunedRegressor(model=make_mlp, penalty=None, head_init="random",
+    source = FineTunedRegressor(model=make_mlp, penalty=None, head_init="random", freeze_depth=0,
                                 lr=3e-3, max_epochs=PRETRAIN_EPOCHS, batch_size=128,
                                 random_state=0)
     source.fit(StandardScaler().fit_transform(X_source), y_source)

@@ -74,7 +74,7 @@ else:
 # starts as a logistic-regression probe on the pretrained features, and
 # ``max_epochs="auto"`` (about 500 optimisation steps however few the labels).
 SCRATCH_TRAINING = {"lr": 3e-3, "backbone_lr_scale": 1.0, "max_epochs": EPOCHS,
-                    "batch_size": 16, "head_init": "random"}
+                    "batch_size": 16, "head_init": "random", "freeze_depth": 0}
 N_JOBS = 2  # parallel fits inside GridSearchCV
 # The network and its batches are tiny: one thread per process is as fast as
 # several, and it does not slow to a crawl when the CPU is shared (a larger
@@ -145,7 +145,7 @@ fig.savefig(OUTPUT_DIR / "digits_transfer_samples.png", dpi=120)
 
 t0 = time.perf_counter()
 source_clf = FineTunedClassifier(
-    model=make_digits_cnn, penalty=None, head_init="random", lr=3e-3,
+    model=make_digits_cnn, penalty=None, head_init="random", freeze_depth=0, lr=3e-3,
     max_epochs=PRETRAIN_EPOCHS, batch_size=64, random_state=0,
 ).fit(X_source, y_source)
 print(f"pretrained in {time.perf_counter() - t0:.1f} s; accuracy on held-out source "

@@ -175,7 +175,8 @@ def make_mlp():
 
 t0 = time.perf_counter()
 source_net = FineTunedRegressor(
-    model=make_mlp, penalty=None, head_init="random", backbone_lr_scale=1.0, lr=3e-3,
+    model=make_mlp, penalty=None, head_init="random", freeze_depth=0, backbone_lr_scale=1.0,
+    lr=3e-3,
     max_epochs=PRETRAIN_EPOCHS, batch_size=128, random_state=0,
 ).fit(source_X[:4000], source_y[:4000])
 print(f"pretrained in {time.perf_counter() - t0:.1f} s; R^2 on 1000 held-out source rows: "

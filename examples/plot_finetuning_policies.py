@@ -122,7 +122,8 @@ print(f"source: {len(X_source)} training images of digits 0-4; target: a pool of
 
 t0 = time.perf_counter()
 source_clf = FineTunedClassifier(
-    model=make_digits_cnn, penalty=None, head_init="random", lr=3e-3, backbone_lr_scale=1.0,
+    model=make_digits_cnn, penalty=None, head_init="random", freeze_depth=0, lr=3e-3,
+    backbone_lr_scale=1.0,
     max_epochs=PRETRAIN_EPOCHS, batch_size=64, random_state=0,
 ).fit(X_source, y_source)
 print(f"pretrained in {time.perf_counter() - t0:.1f} s; accuracy on held-out source "

@@ -101,7 +101,8 @@ def make_mlp():
 
 source_scaler = StandardScaler().fit(X_source)
 t0 = time.perf_counter()
-source = FineTunedRegressor(model=make_mlp, penalty=None, head_init="random", lr=3e-3,
+source = FineTunedRegressor(model=make_mlp, penalty=None, head_init="random", freeze_depth=0,
+                            lr=3e-3,
                             max_epochs=PRETRAIN_EPOCHS, batch_size=128, random_state=0)
 source.fit(source_scaler.transform(X_source), y_source)
 print(f"pretrained in {time.perf_counter() - t0:.1f} s; training R^2 "

@@ -166,7 +166,8 @@ METHODS = {
     "fine-tuned (contrastive)": partial(fine_tuned, "contrastive"),
     "fine-tuned (masked)": partial(fine_tuned, "masked"),
     "MLP from scratch": lambda seed: make_pipeline(pool_scaler, FineTunedClassifier(
-        model=partial(make_mlp, seed), penalty=None, head_init="random", random_state=seed,
+        model=partial(make_mlp, seed), penalty=None, head_init="random", freeze_depth=0,
+        random_state=seed,
         **TRAINING)),
     "logistic regression": lambda seed: make_pipeline(
         pool_scaler, LogisticRegression(max_iter=5000)),

@@ -187,7 +187,8 @@ def make_mlp(seed=0):
 
 t0 = time.perf_counter()
 source_reg = FineTunedRegressor(
-    model=make_mlp, penalty=None, head_init="random", backbone_lr_scale=1.0, lr=3e-3,
+    model=make_mlp, penalty=None, head_init="random", freeze_depth=0, backbone_lr_scale=1.0,
+    lr=3e-3,
     max_epochs=PRETRAIN_EPOCHS, batch_size=128, random_state=0,
 ).fit(X_src_train, y_src_train)
 source_r2 = source_reg.score(X_src_test, y_src_test)
@@ -206,14 +207,14 @@ print(list_blocks(source_reg)[["index", "name", "n_params", "output_shape"]]
 def fine_tuned(seed):
     """The pretrained MLP with a new classification head; all layers train, the
     pretrained ones at lr * 0.1, pulled toward their pretrained values by L2-SP."""
-    return FineTunedClassifier(model=source_reg, penalty="l2_sp", alpha=ALPHA,
+    return FineTunedClassifier(model=source_reg, freeze_depth=0, penalty="l2_sp", alpha=ALPHA,
                                backbone_lr_scale=0.1, random_state=seed, **TRAINING)
 
 
 def from_scratch(seed):
     """The same architecture, randomly initialised, one learning rate for all."""
     return FineTunedClassifier(model=partial(make_mlp, seed=seed), penalty=None,
-                               head_init="random",
+                               head_init="random", freeze_depth=0,
                                backbone_lr_scale=1.0, random_state=seed, **TRAINING)
 
 

@@ -123,7 +123,8 @@ class RollbackOnInterrupt:
                  for n, b in m.named_buffers(recurse=False)]
         kept = getattr(self, "_last_state", None)
         if kept is None or list(kept) != [n for n, _ in live] or any(
-                k.shape != t.shape or k.dtype != t.dtype for k, (_, t) in zip(kept.values(), live)):
+                k.shape != t.shape or k.dtype != t.dtype
+                for k, (_, t) in zip(kept.values(), live)):
             self._last_state = {n: t.detach().clone() for n, t in live}
         elif live:
             with torch.no_grad():

@@ -462,7 +462,7 @@ def make_digits_cnn(n_outputs=5, *, canvas_size=12, random_state=0):
     >>> from sktransfer.datasets import load_shifted_digits
     >>> data = load_shifted_digits(n_per_class=5, random_state=0)
     >>> source = FineTunedClassifier(
-    ...     model=partial(make_digits_cnn, 5), penalty=None, head_init="random",
+    ...     model=partial(make_digits_cnn, 5), penalty=None, head_init="random", freeze_depth=0,
     ...     max_epochs=1, random_state=0, device="cpu",
     ... ).fit(data.X_source[:300], data.y_source[:300])
     >>> clf = FineTunedClassifier(model=source, max_epochs=2, random_state=0,
