@@ -110,21 +110,15 @@ class RollbackOnInterrupt:
     """
 
     def _snapshot(self):
-        """Keep copies of what an epoch can change: the optimizer's parameters and the
-        buffers of the modules in training mode (a module in eval mode, a frozen
-        block, leaves its buffers alone). The copies are made once and refreshed
-        in place after each epoch (one fused copy), unless gradual unfreezing
-        changed what trains."""
-        module = self.module_
-        optimized = {id(p) for g in self.optimizer_.param_groups for p in g["params"]}
-        live = [(n, p) for n, p in module.named_parameters() if id(p) in optimized]
-        live += [(f"{prefix}.{n}" if prefix else n, b)
-                 for prefix, m in module.named_modules() if m.training
-                 for n, b in m.named_buffers(recurse=False)]
-        kept = getattr(self, "_last_state", None)
-        if kept is None or list(kept) != [n for n, _ in live] or any(
-                k.shape != t.shape or k.dtype != t.dtype
-                for k, (_, t) in zip(kept.values(), live)):
+        """Keep copies of what an epoch can change: the optimizer's parameters and all
+        buffers. The copies are made once and refreshed in place after each epoch
+        (one fused copy; the tensors are listed once per fit, since training
+        changes them in place), unless gradual unfreezing changed what trains."""
+        names, buffers = self._snapshot_tensors
+        live = [(names[id(p)], p) for g in self.optimizer_.param_groups for p in g["params"]
+                if id(p) in names] + buffers
+        kept = self._last_state
+        if kept is None or list(kept) != [n for n, _ in live]:
             self._last_state = {n: t.detach().clone() for n, t in live}
         elif live:
             with torch.no_grad():
@@ -134,6 +128,9 @@ class RollbackOnInterrupt:
         super().on_train_begin(net, X=X, y=y, **kwargs)
         self.interrupted_epoch_ = None
         self._epoch_complete = True
+        module = self.module_
+        self._snapshot_tensors = ({id(p): n for n, p in module.named_parameters()},
+                                  list(module.named_buffers()))
         self._last_state = None
         self._snapshot()
 

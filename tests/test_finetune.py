@@ -616,13 +616,16 @@ def test_keyboard_interrupt_keeps_the_last_completed_epoch(source_cnn, digits):
     np.testing.assert_array_equal(stopped.predict_proba(X), two_epochs.predict_proba(X))
 
 
-def test_keyboard_interrupt_in_first_epoch_keeps_the_start(source_cnn, digits):
+@pytest.mark.parametrize("name", ["source_cnn", "bn_source"])
+def test_keyboard_interrupt_in_first_epoch_keeps_the_start(name, digits, request):
+    source = request.getfixturevalue(name)  # with BatchNorm: running statistics restored
     X, y = digits["X_target"][:128], digits["y_target"][:128]
     with pytest.warns(UserWarning, match="no epoch was completed"):
-        est = FineTunedClassifier(model=source_cnn, max_epochs=3, batch_size=32, random_state=0,
-                                  net_kwargs={"callbacks": [InterruptAt(1, 3)]}, **CPU).fit(X, y)
+        est = FineTunedClassifier(model=source, freeze_depth=0, max_epochs=3, batch_size=32,
+                                  random_state=0, net_kwargs={"callbacks": [InterruptAt(1, 3)]},
+                                  **CPU).fit(X, y)
     assert est.n_iter_ == 0
-    before = split_model(copy.deepcopy(source_cnn))
+    before = split_model(copy.deepcopy(source))
     for b_new, b_ref in zip(est.module_.blocks, before.blocks):
         assert same_state(b_new.state_dict(), b_ref.state_dict())
 
