@@ -34,6 +34,7 @@ import torch
 from sklearn.utils._param_validation import Interval, StrOptions
 from torch import nn
 
+from ._device import seeded_rng
 from ._penalties import category_relationship
 
 #: the fine-tuning estimators' parameters of the adaptation methods, constrained here
@@ -198,8 +199,7 @@ def inject_lora(module, trained, rank, lora_alpha, seed):
     config = LoraConfig(r=int(rank), lora_alpha=float(lora_alpha), lora_dropout=0.0,
                         bias="none",
                         target_modules="^(?:" + "|".join(map(re.escape, targets)) + ")$")
-    with torch.random.fork_rng(devices=[]):  # the adapters' A matrices start at random
-        torch.manual_seed(seed)
+    with seeded_rng(seed):  # the adapters' A matrices start at random
         return LoraModel(module.blocks, config, adapter_name="default")
 
 

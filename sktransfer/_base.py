@@ -22,7 +22,7 @@ from sklearn.utils._param_validation import Interval, StrOptions
 from torch import nn
 
 from ._blocks import check_split_matches
-from ._device import DEVICE_CONSTRAINT, autocast, autocast_dtype, resolve_device
+from ._device import DEVICE_CONSTRAINT, autocast, autocast_dtype, resolve_device, seeded_rng
 from ._inputs import ImagePreprocess, image_mode, iter_batches, make_batch, pad_rows
 from ._weights import MODEL_CONSTRAINTS, resolve_model
 
@@ -228,8 +228,7 @@ class TransferEstimatorMixin(NetEstimatorMixin):
         A factory (class or callable) is called under ``seed``, so that networks
         it initialises at random are the same for the same ``random_state``.
         """
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
+        with seeded_rng(seed):
             return resolve_model(self.model, self.weights)
 
     def _preprocess_fn(self, resolved):
@@ -251,8 +250,7 @@ class TransferEstimatorMixin(NetEstimatorMixin):
         """
         net = resolved.net
         sample = make_batch(data, 0, min(2, len(data)), preprocess)
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
+        with seeded_rng(seed):
             was_training = net.training
             net.eval()
             try:

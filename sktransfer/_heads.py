@@ -32,6 +32,7 @@ from sklearn.preprocessing import StandardScaler
 from torch import nn
 
 from ._blocknet import GlobalPool
+from ._device import seeded_rng
 from ._frozen_store import RESULTS
 from ._inputs import iter_batches
 
@@ -104,8 +105,7 @@ def attach_head(net, features, n_out, seed, *, reuse_head=False, hidden=(), drop
         return ()
     # the head's input: features per sample (a map or tokens get pooled first)
     channel_axis = -1 if features.ndim == 2 or net.channels_last else 1
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
+    with seeded_rng(seed):
         net.head = make_head(int(features.shape[channel_axis]), n_out, hidden, dropout,
                              features.ndim > 2, net.channels_last)
     net.post_head = nn.Identity()

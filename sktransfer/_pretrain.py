@@ -45,6 +45,7 @@ from ._base import (
     unchanged_on_error,
 )
 from ._blocknet import BlockNet
+from ._device import seeded_rng
 from ._docstrings import fill_doc
 from ._inputs import (
     InputData,
@@ -421,8 +422,7 @@ class TabularPretrainer(TransformerMixin, Trainer, BaseEstimator):
         accelerator, device = resolve_accelerator(self.accelerator, self.device)
         mean, scale, nan_columns = _column_statistics(X, getattr(self, "feature_names_in_", None))
         seed = seed_from_random_state(self.random_state)
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
+        with seeded_rng(seed):
             encoder = _build_encoder(mean, scale, hidden, self.dropout, nan_columns)
             module = PretrainModule(encoder, X.shape[1], hidden[-1], self.method)
         train_idx, valid_idx = self._validation_split(len(X), seed=seed, unit="rows")

@@ -41,7 +41,8 @@ from torch import nn
 
 from ._accelerate import SyncEpochLosses, net_class, unwrap_module
 from ._base import NetEstimatorMixin
-from ._device import DEVICE_CONSTRAINT, PRECISION_CONSTRAINT, check_precision, pinned
+from ._device import (DEVICE_CONSTRAINT, PRECISION_CONSTRAINT, check_precision, pinned,
+                      seeded_rng)
 from ._net import identity_collate
 
 __all__ = ["Trainer", "FiniteLossCheck", "holdout_split", "fit_seeded", "finish_fit",
@@ -117,8 +118,7 @@ def fit_seeded(net, dataset, train_idx, seed, device, augment=None):
                if dev.type == "cuda" else [])
     train = (torch.utils.data.Subset(dataset, train_idx) if augment is None
              else _Augmented(dataset, train_idx, augment))
-    with torch.random.fork_rng(devices=devices):
-        torch.manual_seed(seed)
+    with seeded_rng(seed, devices):
         net.fit(train, None)
 
 

@@ -319,3 +319,16 @@ def test_cuda_fit_and_predict_in_each_precision(data, precision):
     ref = FeatureExtractorTransformer(model=mlp(), device="cpu").fit(X).transform(X_test)
     assert feats.dtype == np.float32
     np.testing.assert_allclose(feats, ref, atol=0.05 * np.abs(ref).max())
+
+
+def test_seeded_rng_seeds_inside_and_restores_the_generator_after():
+    from sktransfer._device import seeded_rng
+
+    torch.manual_seed(123)
+    untouched = torch.rand(3)
+    torch.manual_seed(123)
+    with seeded_rng(7):
+        inside = torch.rand(3)
+    after = torch.rand(3)  # as if the block had not run
+    torch.manual_seed(7)
+    assert torch.equal(inside, torch.rand(3)) and torch.equal(after, untouched)
