@@ -26,7 +26,9 @@ from __future__ import annotations
 import numpy as np
 from joblib import parallel_config
 from sklearn.base import clone, is_classifier
-from sklearn.model_selection import GridSearchCV, KFold, StratifiedKFold
+from sklearn.model_selection import GridSearchCV, KFold
+
+from ._heads import class_folds
 
 __all__ = ["AUTO_DEPTHS", "one_standard_error", "fit_auto_depth"]
 
@@ -48,10 +50,7 @@ def _folds(estimator, y, seed):
     """3 shuffled folds (stratified for a classifier, fewer when a class is that small),
     or ``None`` when the rows are too few to compare anything (fine-tune then)."""
     if is_classifier(estimator) and np.ndim(y) == 1:
-        _, counts = np.unique(np.asarray(y), return_counts=True)
-        n_splits = min(3, int(counts.min()))
-        return StratifiedKFold(n_splits, shuffle=True, random_state=seed) \
-            if n_splits >= 2 else None
+        return class_folds(y, seed)
     return KFold(3, shuffle=True, random_state=seed) if len(y) >= 6 else None
 
 

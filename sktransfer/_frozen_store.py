@@ -145,8 +145,9 @@ class ResultMemo:
             if key in self._items:
                 self._items.move_to_end(key)
                 return self._items[key]
-        cached = None if disk_store(memory) is None else _check_memory(memory)
-        result = function(*args) if cached is None else cached.cache(function)(*args)
+        # joblib.Memory(location=None).cache calls the function, as Pipeline's memory
+        compute = function if memory is None else _check_memory(memory).cache(function)
+        result = compute(*args)
         with self._lock:
             self._items[key] = result
             while len(self._items) > self.size:

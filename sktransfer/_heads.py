@@ -37,7 +37,7 @@ from ._frozen_store import RESULTS
 from ._inputs import iter_batches
 
 __all__ = ["Standardize", "add_standardize", "attach_head", "check_hidden_sizes",
-           "has_probe_head", "head_features", "make_head", "probe_head"]
+           "class_folds", "has_probe_head", "head_features", "make_head", "probe_head"]
 
 #: scikit-learn >= 1.9 changes LogisticRegressionCV's defaults: take the new ones now
 _LEGACY_OFF = ({"use_legacy_attributes": False, "l1_ratios": (0.0,)}
@@ -130,6 +130,20 @@ class Standardize(nn.Module):
         return (x - self.mean) / self.scale
 
 
+def class_folds(y, seed=None):
+    """The folds that choose a setting on few labelled rows: at most 3, stratified,
+    no more than the smallest class has samples, shuffled with ``seed`` unless it is
+    ``None``; ``None`` when a class has a single sample (nothing to compare).
+
+    The probe's ``LogisticRegressionCV`` and ``freeze_depth="auto"`` use them.
+    """
+    _, counts = np.unique(np.asarray(y), return_counts=True)
+    n_splits = min(3, int(counts.min()))
+    if n_splits < 2:
+        return None
+    return StratifiedKFold(n_splits, shuffle=seed is not None, random_state=seed)
+
+
 def _neg_log_loss(estimator, X, y, sample_weight=None):
     """scikit-learn's ``"neg_log_loss"`` scorer without its input checks.
 
@@ -163,9 +177,8 @@ def _fit_linear(Z, y, classification, n_out, weights):
             intercept = np.asarray(model.intercept_).reshape(n_out)
             return coef, intercept, 2.0 * float(model.alpha_) / (total * n_out)
         present = np.unique(y)
-        smallest = int(np.bincount(y)[present].min())
-        if smallest >= 2:
-            folds = StratifiedKFold(min(3, smallest))
+        folds = class_folds(y)
+        if folds is not None:
             model = LogisticRegressionCV(Cs=PROBE_GRID, cv=folds, max_iter=1000, n_jobs=1,
                                          scoring=_neg_log_loss, **_LEGACY_OFF)
             # its folds in this thread: inside a search on a dask or Ray backend, joblib
