@@ -73,6 +73,7 @@ setup(
         "torch>=2.1",
         "torchvision>=0.16",
         "scikit-learn>=1.6",
+        "threadpoolctl>=3.1",  # scikit-learn's own dependency; the probe limits BLAS threads
         "skorch>=1.0",
         "numpy>=1.23",
         "pandas>=1.5",

@@ -44,8 +44,9 @@ Methods (``--methods``; the registry ``METHODS`` maps a name to
   1e3, 7 values, cv=3, log-loss) (RidgeCV: alpha in
   1e-3 .. 1e3, 13 values, efficient leave-one-out);
 - ``defaults``: ``FineTunedClassifier/Regressor(model=source,
-  random_state=draw)``, nothing else set (``freeze_depth="auto"``: the probe or
-  fine-tuning every block, by 3-fold cross-validation);
+  random_state=draw)``, nothing else set (``freeze_depth="auto"`` and
+  ``lr="auto"``: the probe or fine-tuning every block at 1e-3 or at 1e-2
+  with a warm-up and cosine annealing, by 3-fold cross-validation);
 - ``grid``: ``GridSearchCV`` of the same over ``freeze_depth`` (every depth the
   task's network has, up to 2, and ``"all"``) x ``alpha`` {1e-3, 1e-2, 1e-1},
   cv=3.

@@ -31,7 +31,7 @@ from ._base import (
     seed_from_random_state,
     unchanged_on_error,
 )
-from ._auto import fit_auto_depth
+from ._auto import AUTO_LRS, fit_auto_depth
 from ._blocks import check_freeze_depth, freeze_blocks
 from ._device import autocast, autocast_dtype, check_precision
 from ._docstrings import fill_doc
@@ -40,17 +40,10 @@ from ._inputs import source_nan_columns, validate_input
 from ._net import BatchDataset, TransferNet
 from ._persist import WeightsFileMixin
 from ._prefix_cache import frozen_then, starting_at, training_inputs
-from ._trainer import Trainer, lr_scheduler
+from ._trainer import OPTIMIZERS, Trainer, lr_scheduler, optimizer_class
 from ._weights import ResolvedModel
 
 __all__ = ["FineTunedClassifier", "FineTunedRegressor"]
-
-_OPTIMIZERS = {
-    "adamw": torch.optim.AdamW,
-    "adam": torch.optim.Adam,
-    "sgd": torch.optim.SGD,
-}
-
 
 class _BaseFineTuned(WeightsFileMixin, TransferEstimatorMixin, Trainer, BaseEstimator,
                      metaclass=ABCMeta):
@@ -64,6 +57,7 @@ class _BaseFineTuned(WeightsFileMixin, TransferEstimatorMixin, Trainer, BaseEsti
         # the upper bound is the number of blocks, known in fit: check_freeze_depth
         "freeze_depth": [Interval(numbers.Integral, 0, None, closed="left"),
                          StrOptions({"all", "auto"})],
+        "lr": [Interval(numbers.Real, 0, None, closed="neither"), StrOptions({"auto"})],
         "penalty": [StrOptions({"l2", "l1", "l2_sp", "bss", "co_tuning"}), None],
         "alpha": [Interval(numbers.Real, 0, None, closed="left")],
         "backbone_lr_scale": [Interval(numbers.Real, 0, None, closed="left")],
@@ -73,7 +67,7 @@ class _BaseFineTuned(WeightsFileMixin, TransferEstimatorMixin, Trainer, BaseEsti
         **ADAPT_CONSTRAINTS,  # train_blocks, train_params, adapter, bn, wise, ...
         "augment": [callable, None],
         # a class that must subclass torch.optim.Optimizer: checked in _optimizer
-        "optimizer": [StrOptions(set(_OPTIMIZERS)), type],
+        "optimizer": [StrOptions(set(OPTIMIZERS)), type],
         "momentum": [Interval(numbers.Real, 0, 1, closed="both")],
         # every size a positive int: checked by _heads.check_hidden_sizes
         "head_hidden_sizes": ["array-like"],
@@ -87,7 +81,7 @@ class _BaseFineTuned(WeightsFileMixin, TransferEstimatorMixin, Trainer, BaseEsti
     }
 
     def __init__(self, model=None, weights=None, *, freeze_depth="auto", penalty="l2_sp",
-                 alpha=1e-3, lr=1e-3, backbone_lr_scale=1.0, layer_decay=None,
+                 alpha=1e-3, lr="auto", backbone_lr_scale=1.0, layer_decay=None,
                  lr_schedule=None, unfreeze_every=None,
                  train_blocks=None, train_params="all", adapter=None, adapter_rank=8,
                  adapter_alpha=16.0, bn="train", wise=1.0,
@@ -141,18 +135,15 @@ class _BaseFineTuned(WeightsFileMixin, TransferEstimatorMixin, Trainer, BaseEsti
 
     # -- training stages (see _trainer.Trainer) --------------------------------------
     def _optimizer(self):
-        opt = self.optimizer
-        cls = _OPTIMIZERS[opt] if isinstance(opt, str) else opt
-        # the constraints say "a class"; a subclass of Optimizer, they cannot say
-        if not issubclass(cls, torch.optim.Optimizer):
-            raise TypeError(
-                f"optimizer must be one of {sorted(_OPTIMIZERS)} or a torch.optim.Optimizer "
-                f"subclass (e.g. torch.optim.RMSprop), got {opt!r}."
-            )
+        cls = optimizer_class(self.optimizer)
         kwargs = {"weight_decay": self.weight_decay}
         if cls is torch.optim.SGD:
             kwargs["momentum"] = self.momentum
         return cls, kwargs
+
+    def _lr(self):
+        # lr="auto" outside freeze_depth="auto"'s search: the lower of its two rates
+        return AUTO_LRS[0] if isinstance(self.lr, str) else self.lr
 
     def _scoring_callbacks(self):
         # the mean data loss alone, next to train_loss (which includes the penalty)
@@ -263,6 +254,7 @@ class _BaseFineTuned(WeightsFileMixin, TransferEstimatorMixin, Trainer, BaseEsti
         self._source_input_shape = resolved.input_shape
         self.blocks_ = list(module.block_names)
         self.freeze_depth_ = plan.prefix
+        self.lr_, self.lr_schedule_ = net.lr, self.lr_schedule
         self.train_blocks_ = plan.trained
         self.history_ = history
         self.n_iter_ = len(history)
@@ -408,7 +400,7 @@ class FineTunedClassifier(ClassifierMixin, _BaseFineTuned):
     }
 
     def __init__(self, model=None, weights=None, *, freeze_depth="auto", penalty="l2_sp",
-                 alpha=1e-3, lr=1e-3, backbone_lr_scale=1.0, layer_decay=None,
+                 alpha=1e-3, lr="auto", backbone_lr_scale=1.0, layer_decay=None,
                  lr_schedule=None, unfreeze_every=None,
                  train_blocks=None, train_params="all", adapter=None, adapter_rank=8,
                  adapter_alpha=16.0, bn="train", wise=1.0,

@@ -46,7 +46,26 @@ from ._device import (DEVICE_CONSTRAINT, PRECISION_CONSTRAINT, check_precision, 
 from ._net import identity_collate
 
 __all__ = ["Trainer", "FiniteLossCheck", "holdout_split", "fit_seeded", "finish_fit",
-           "check_net_kwargs", "lr_scheduler"]
+           "check_net_kwargs", "lr_scheduler", "OPTIMIZERS", "optimizer_class"]
+
+#: the optimizers a string ``optimizer`` names
+OPTIMIZERS = {
+    "adamw": torch.optim.AdamW,
+    "adam": torch.optim.Adam,
+    "sgd": torch.optim.SGD,
+}
+
+
+def optimizer_class(opt):
+    """The optimizer class that ``opt`` (a name in ``OPTIMIZERS`` or a class) means."""
+    cls = OPTIMIZERS[opt] if isinstance(opt, str) else opt
+    # the constraints say "a class"; a subclass of Optimizer, they cannot say
+    if not issubclass(cls, torch.optim.Optimizer):
+        raise TypeError(
+            f"optimizer must be one of {sorted(OPTIMIZERS)} or a torch.optim.Optimizer "
+            f"subclass (e.g. torch.optim.RMSprop), got {opt!r}."
+        )
+    return cls
 
 
 #: ``max_epochs="auto"``: about this many optimisation steps ...
@@ -330,6 +349,10 @@ class Trainer(NetEstimatorMixin):
         """``(optimizer class, keyword arguments)``: AdamW with ``weight_decay``."""
         return torch.optim.AdamW, {"weight_decay": self.weight_decay}
 
+    def _lr(self):
+        """The learning rate of this fit (``lr`` as set)."""
+        return self.lr
+
     def _n_epochs(self, n_train):
         """The number of epochs of this fit (at most: early stopping may end it sooner)."""
         if self.max_epochs == "auto":
@@ -410,7 +433,7 @@ class Trainer(NetEstimatorMixin):
             # nn.Identity when the net computes its loss itself (then not replaceable)
             "criterion": nn.Identity if criterion is None else criterion,
             "optimizer": opt_cls,
-            "lr": self.lr,
+            "lr": self._lr(),
             "max_epochs": epochs,
             "batch_size": self.batch_size,
             "train_split": train_split,

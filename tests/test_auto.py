@@ -49,23 +49,64 @@ def test_auto_fine_tunes_where_the_source_features_are_poor(digits, source_cnn):
                               source_cnn[0].weight.detach())  # the blocks trained
 
 
+CANDIDATES = {"ft-low": {"freeze_depth": 0, "lr": 1e-3},
+              "ft-high": {"freeze_depth": 0, "lr": 1e-2, "lr_schedule": "warmup_cosine"},
+              "probe": {"freeze_depth": "all", "lr": 1e-3}}
+
+
 def test_auto_is_cross_validation_then_the_refit_of_the_winner(digits, source_cnn):
     X, y = digits["X_target"][:120], digits["y_target"][:120]
     auto = FineTunedClassifier(model=source_cnn, random_state=3, **FAST).fit(X, y)
     seed = seed_from_random_state(3)
     folds = StratifiedKFold(3, shuffle=True, random_state=seed)
     scores = {}
-    for depth in (0, "all"):
-        est = FineTunedClassifier(model=source_cnn, freeze_depth=depth, random_state=3, **FAST)
-        scores[depth] = cross_val_score(est, X, y, cv=folds)
-        assert scores[depth].mean() == pytest.approx(auto.freeze_depth_scores_[depth],
-                                                     abs=1e-12)
-    gain = scores[0] - scores["all"]  # fine-tuning only if it wins by a standard error
-    best = 0 if gain.mean() > gain.std(ddof=1) / np.sqrt(3) else "all"
-    refit = FineTunedClassifier(model=source_cnn, freeze_depth=best, random_state=3,
+    for name, params in CANDIDATES.items():
+        est = FineTunedClassifier(model=source_cnn, random_state=3, **params, **FAST)
+        scores[name] = cross_val_score(est, X, y, cv=folds)
+    assert auto.lr_scores_ == pytest.approx({1e-3: scores["ft-low"].mean(),
+                                             1e-2: scores["ft-high"].mean()}, abs=1e-12)
+    tuned = max(("ft-low", "ft-high"), key=lambda name: scores[name].mean())
+    assert auto.freeze_depth_scores_ == pytest.approx(
+        {0: scores[tuned].mean(), "all": scores["probe"].mean()}, abs=1e-12)
+    gain = scores[tuned] - scores["probe"]  # fine-tuning only if it wins by a standard error
+    best = tuned if gain.mean() > gain.std(ddof=1) / np.sqrt(3) else "probe"
+    refit = FineTunedClassifier(model=source_cnn, random_state=3, **CANDIDATES[best],
                                 **FAST).fit(X, y)
     np.testing.assert_array_equal(auto.predict_proba(X), refit.predict_proba(X))
-    assert auto.freeze_depth_ == refit.freeze_depth_
+    assert (auto.freeze_depth_, auto.lr_, auto.lr_schedule_) == (
+        refit.freeze_depth_, refit.lr_, refit.lr_schedule_)
+    assert auto.get_params()["lr"] == "auto"  # the parameter, unchanged by fit
+
+
+def test_auto_lr_takes_the_higher_rate_where_the_source_must_move(digits, source_cnn):
+    # the source CNN knows digits 0-4 only: on 5-9 fine-tuning at 1e-2 (warmed up,
+    # annealed) beats 1e-3 in the folds, and the refit trains with that schedule
+    X, y = digits["X_target"][:150], digits["y_target"][:150]
+    auto = FineTunedClassifier(model=source_cnn, random_state=0, max_epochs=15,
+                               device="cpu").fit(X, y)
+    assert auto.lr_scores_[1e-2] > auto.lr_scores_[1e-3]
+    assert (auto.freeze_depth_, auto.lr_, auto.lr_schedule_) == (0, 1e-2, "warmup_cosine")
+    rates = [row["lr"] for row in auto.history_]
+    assert rates[0] < 1e-2 / 2 and max(rates) == pytest.approx(1e-2)  # the warm-up
+
+
+def test_auto_lr_with_a_set_depth_or_schedule(digits, source_cnn):
+    X, y = digits["X_target"][:60], digits["y_target"][:60]
+    fixed = FineTunedClassifier(model=source_cnn, freeze_depth=0, random_state=0,
+                                **FAST).fit(X, y)
+    assert fixed.lr_ == 1e-3 and fixed.lr_schedule_ is None  # no folds: the lower rate
+    assert not hasattr(fixed, "lr_scores_")
+    assert {row["lr"] for row in fixed.history_} == {1e-3}
+    # a numeric lr: the search is over the depth only, at that rate
+    numeric = FineTunedClassifier(model=source_cnn, lr=2e-3, random_state=0,
+                                  **FAST).fit(X, y)
+    assert numeric.lr_ == 2e-3 and not hasattr(numeric, "lr_scores_")
+    # the user's schedule is the higher rate's too
+    cosine = FineTunedClassifier(model=source_cnn, lr_schedule="cosine", random_state=0,
+                                 **FAST).fit(X, y)
+    assert cosine.lr_schedule_ == "cosine" and set(cosine.lr_scores_) == {1e-3, 1e-2}
+    with pytest.raises(ValueError, match="lr"):
+        FineTunedClassifier(model=source_cnn, lr="automatic").fit(X, y)
 
 
 def test_one_standard_error_rule_prefers_the_probe_unless_fine_tuning_clearly_wins():
@@ -80,6 +121,18 @@ def test_one_standard_error_rule_prefers_the_probe_unless_fine_tuning_clearly_wi
     assert one_standard_error(results([0.81, 0.81], [0.8, 0.8])) == 0  # no spread: any gain
 
 
+def test_one_standard_error_rule_with_two_rates_takes_the_better_one():
+    def results(*candidates):  # fine-tuning candidates, then the probe
+        return {f"split{i}_test_score": np.array(fold)
+                for i, fold in enumerate(zip(*candidates))}
+
+    low, high, probe = [0.7, 0.72, 0.71], [0.9, 0.92, 0.91], [0.6, 0.62, 0.58]
+    assert one_standard_error(results(low, high, probe)) == 1
+    assert one_standard_error(results(high, low, probe)) == 0
+    # the better rate still has to beat the probe by a standard error
+    assert one_standard_error(results(low, [0.9, 0.9, 0.7], [0.8, 0.8, 0.8])) == 2
+
+
 def test_auto_without_folds_fine_tunes(digits, source_cnn):
     X, y = digits["X_target"][:60], digits["y_target"][:60]
     surgical = FineTunedClassifier(model=source_cnn, train_blocks=[1], random_state=0,
@@ -89,6 +142,7 @@ def test_auto_without_folds_fine_tunes(digits, source_cnn):
     keep = np.setdiff1d(np.arange(len(y)), one)
     single = FineTunedClassifier(model=source_cnn, random_state=0, **FAST).fit(X[keep], y[keep])
     assert single.freeze_depth_ == 0 and list(single.freeze_depth_scores_) == [0]
+    assert single.lr_ == 1e-3 and list(single.lr_scores_) == [1e-3]
 
 
 def test_auto_in_a_search_with_sample_weights_and_clones(digits, source_cnn):
