@@ -157,7 +157,8 @@ class RollbackOnInterrupt:
 
     def _snapshot(self):
         """Keep copies of what an epoch can change: the optimizer's parameters and all
-        buffers. The copies are made once and refreshed in place after each epoch
+        buffers (but those of the blocks a fit on kept frozen outputs never runs,
+        before ``start_block``). The copies are made once and refreshed in place after each epoch
         (one fused copy; the tensors are listed once per fit, since training
         changes them in place), unless gradual unfreezing changed what trains."""
         names, buffers = self._snapshot_tensors
@@ -175,8 +176,11 @@ class RollbackOnInterrupt:
         self.interrupted_epoch_ = None
         self._epoch_complete = True
         module = self.module_
+        inner = unwrap_module(module)
+        start = getattr(inner, "start_block", 0)
+        unrun = {id(b) for block in getattr(inner, "blocks", [])[:start] for b in block.buffers()}
         self._snapshot_tensors = ({id(p): n for n, p in module.named_parameters()},
-                                  list(module.named_buffers()))
+                                  [(n, b) for n, b in module.named_buffers() if id(b) not in unrun])
         self._last_state = None
         self._snapshot()
 
