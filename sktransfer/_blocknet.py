@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from torch import nn
 
-__all__ = ["BlockNet", "GlobalPool", "pool_features", "pool_tokens"]
+__all__ = ["BlockNet", "GlobalPool", "pool_features", "pool_tokens", "rowwise_pre_head"]
 
 def _has_params(module):
     return any(True for _ in module.parameters())
@@ -105,11 +105,16 @@ class BlockNet(nn.Module):
         return len(self.blocks)
 
     def forward_features(self, x, stop=None, start=0):
-        """Run blocks ``start..stop-1``; ``stop=None`` also applies ``pre_head``."""
+        """Run blocks ``start..stop-1``; ``stop=None`` also applies ``pre_head``.
+
+        ``start=len(blocks) + 1``: ``x`` is already the ``pre_head``'s output (what
+        a head that trains alone is given when it is computed once per row,
+        :func:`rowwise_pre_head`).
+        """
         end = len(self.blocks) if stop is None else stop
         for block in self.blocks[start:end]:
             x = block(x)
-        if stop is None:
+        if stop is None and start <= len(self.blocks):
             x = self.pre_head(x)
         return x
 
@@ -126,6 +131,39 @@ class BlockNet(nn.Module):
 
 class _Chain(nn.Sequential):
     """A ``Sequential`` that keeps references to submodules of another model."""
+
+
+#: parameter-free modules that compute each row on its own, the same way in training
+#: and in eval mode (no dropout, no batch statistics)
+_ROWWISE = (nn.Identity, nn.Flatten, nn.Unflatten, nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d,
+            nn.AdaptiveAvgPool3d, nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d,
+            nn.AdaptiveMaxPool3d, nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d, nn.MaxPool1d,
+            nn.MaxPool2d, nn.MaxPool3d, nn.ReLU, nn.ReLU6, nn.GELU, nn.SiLU, nn.Hardswish,
+            nn.Tanh, nn.Sigmoid)
+
+
+def rowwise_pre_head(net):
+    """Whether ``net.pre_head`` may run once per row instead of on every training batch.
+
+    True when it is made only of pooling, reshaping and activation layers
+    (``GlobalPool``, ``nn.AdaptiveAvgPool2d``, ``nn.Flatten``, torchvision's
+    ``Permute``, ... in ``nn.Sequential`` chains; exact types, no hooks): each
+    row's output then depends on that row alone and is the same in training and
+    eval mode. A ``Dropout`` (or any other module) in it says False.
+    """
+    try:
+        from torchvision.ops.misc import Permute
+    except ImportError:  # pragma: no cover - torchvision is a dependency
+        Permute = None
+
+    def ok(module):
+        if module._forward_hooks or module._forward_pre_hooks:
+            return False
+        if type(module) in (nn.Sequential, _Chain):
+            return all(ok(child) for child in module.children())
+        return type(module) in _ROWWISE or type(module) in (GlobalPool, Permute)
+
+    return ok(net.pre_head)
 
 
 def _chain(modules):

@@ -230,7 +230,8 @@ class _BaseFineTuned(WeightsFileMixin, TransferEstimatorMixin, Trainer, BaseEsti
         train_idx, valid_idx = self._validation_split(len(data), stratify, seed)
         # every block frozen, in float32: the fit's frozen outputs are the probe's input
         head_l2 = self._init_head(module, data, preprocess, device, y_tensor, weights, train_idx,
-                                  kept["X"] if kept["start"] == n_blocks and not amp else None)
+                                  (kept["X"], kept["start"]) if kept["start"] >= n_blocks
+                                  and not amp else None)
         # which blocks and parameters train, adapters, WiSE-FT's theta_s (_adapt.py)
         plan = adapt(module, **{k: getattr(self, k) for k in ADAPT_PARAMS},
                      pretrained_head=self.reuse_head, source_head=source_head, seed=seed)
@@ -261,17 +262,16 @@ class _BaseFineTuned(WeightsFileMixin, TransferEstimatorMixin, Trainer, BaseEsti
         self.max_epochs_ = net.max_epochs
         return self
 
-    def _init_head(self, module, data, preprocess, device, y, weights, train_idx,
-                   outputs=None):
-        """``head_init="probe"``: the head as a linear probe on the training rows (``outputs``:
-        all blocks' outputs, if the fit has them); its L2 strength, or ``None``."""
+    def _init_head(self, module, data, preprocess, device, y, weights, train_idx, kept=None):
+        """``head_init="probe"``: the head as a linear probe on the training rows (``kept``:
+        ``training_inputs`` of all blocks, if the fit has them); its L2 strength or ``None``."""
         if self.head_init != "probe" or self.reuse_head:
             return None
-        start = len(module.blocks)
-        if outputs is None:  # through the frozen-output store: once per sample in a search
-            outputs, start = training_inputs(
-                module, data, start, preprocess, device, batch_size=self.batch_size,
+        if kept is None:  # through the frozen-output store: once per sample in a search
+            kept = training_inputs(
+                module, data, len(module.blocks), preprocess, device, batch_size=self.batch_size,
                 cache_size=self.cache_size, memory=self.memory)
+        outputs, start = kept
         rows = torch.as_tensor(train_idx)
         features = head_features(module, outputs if start else data, preprocess, device,
                                  self.batch_size, start=start)[rows]

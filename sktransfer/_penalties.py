@@ -83,14 +83,24 @@ def penalty_value(kind, pretrained, anchors, new):
     return terms[0] if len(terms) == 1 else terms[0] + terms[1]
 
 
+def _floats(scalars):
+    """The Python floats of 0-d tensors: read one by one on the CPU (cheaper, per
+    training step, than stacking them first), through one stacked copy on another
+    device (one synchronisation)."""
+    if scalars[0].device.type == "cpu":
+        return [float(s) for s in scalars]
+    return torch.stack(scalars).tolist()
+
+
 @torch.no_grad()
 def penalty_and_gradient(kind, pretrained, anchors, new):
     """``(R, params, grads)``: the penalty and its gradient, without autograd.
 
     Only parameters that train now (``requires_grad``) count: with gradual
     unfreezing, blocks still frozen get no gradient (and so no optimizer step).
-    ``R`` is ``None`` when there is nothing to penalise. The caller adds
-    ``alpha * grads[i]`` to ``params[i].grad``.
+    ``R`` is a Python float (it only joins the reported objective: no graph, and
+    fewer tensor operations per step), ``None`` when there is nothing to
+    penalise. The caller adds ``alpha * grads[i]`` to ``params[i].grad``.
     """
     keep = [i for i, p in enumerate(pretrained) if p.requires_grad]
     pretrained = [pretrained[i] for i in keep]
@@ -99,7 +109,7 @@ def penalty_and_gradient(kind, pretrained, anchors, new):
         params = pretrained + new
         if not params:
             return None, [], []
-        value = torch.stack(torch._foreach_norm(params, 1)).sum()
+        value = sum(_floats(torch._foreach_norm(params, 1)))
         return value, params, list(torch._foreach_sign(params))
     if kind == "l2_sp":
         # pretrained parameters: theta - theta_s; new ones: theta (as for "l2")
@@ -111,7 +121,7 @@ def penalty_and_gradient(kind, pretrained, anchors, new):
         grads = [p.detach() for p in params]
     if not params:
         return None, [], []
-    value = 0.5 * torch.stack(torch._foreach_norm(grads, 2)).pow(2).sum()
+    value = 0.5 * sum(v * v for v in _floats(torch._foreach_norm(grads, 2)))
     return value, params, grads
 
 

@@ -48,6 +48,7 @@ import zlib
 import numpy as np
 import torch
 
+from ._blocknet import rowwise_pre_head
 from ._device import autocast, autocast_state
 from ._frozen_store import STORE, Chunk, clear_cache, disk_store, to_chunk
 from ._inputs import InputData, in_memory, make_batch, pad_rows, padded_to_longest
@@ -367,7 +368,10 @@ def training_inputs(module, data, depth, preprocess, device, *, batch_size, cach
 
     With frozen blocks (``depth > 0``) and room in ``cache_size`` MB, their
     outputs on ``data`` (found kept, or computed once: :class:`FrozenPass`)
-    and training starts at block ``depth``; otherwise the raw input
+    and training starts at block ``depth``; when every block is frozen and
+    the ``pre_head`` is row-wise (:func:`~sktransfer._blocknet.rowwise_pre_head`:
+    pooling, flatten), its outputs, and training starts at ``depth + 1`` (the
+    head alone, without pooling every batch again); otherwise the raw input
     (:func:`~sktransfer._inputs.in_memory`), run through the frozen blocks on
     every batch. ``augment`` turns this off (the frozen blocks must see the
     augmented inputs). ``amp``: the autocast dtype of the fit (``None``:
@@ -391,6 +395,14 @@ def training_inputs(module, data, depth, preprocess, device, *, batch_size, cach
         frozen = FrozenPass(module, depth, data, preprocess, device, batch_size=batch_size,
                             cache_size=cache_size, memory=memory)
         outputs = frozen.run(out_device=device, max_bytes=cache_size * 2**20)
+        start = depth
+        if (outputs is not None and depth == len(module.blocks)
+                and type(module.pre_head) is not torch.nn.Identity and rowwise_pre_head(module)):
+            # only the head trains and the pooling before it is the same in training
+            # and eval mode, row by row: pool once, not on every batch of every epoch
+            outputs = torch.cat([module.pre_head(outputs[i:i + batch_size])
+                                 for i in range(0, len(outputs), batch_size)])
+            start = depth + 1  # BlockNet.forward_features: x is the pre_head's output
     if outputs is None:
         if verbose:
             print(
@@ -406,9 +418,10 @@ def training_inputs(module, data, depth, preprocess, device, *, batch_size, cach
         print(
             f"Frozen-prefix cache on: outputs of the {depth} frozen blocks for {len(data)} "
             f"samples ({size:.1f} MB): {reused}{len(data) - frozen.reused} computed once; "
-            f"training starts at block {depth}."
+            + (f"training starts at block {depth}." if start == depth else
+               "only the head trains, on them after the pre_head (pooling, run once).")
         )
-    return outputs, depth
+    return outputs, start
 
 
 def frozen_then(module, data, depth, preprocess, device, finish, *, batch_size, cache_size,
@@ -446,7 +459,8 @@ def frozen_then(module, data, depth, preprocess, device, finish, *, batch_size, 
 @contextlib.contextmanager
 def starting_at(module, start):
     """Inside the block, ``module`` (a ``BlockNet``) runs from block ``start``: its
-    input is the cached output of the frozen blocks before it."""
+    input is the cached output of the frozen blocks before it (``start =
+    len(blocks) + 1``: of every block and the ``pre_head``)."""
     module.start_block = start
     try:
         yield module

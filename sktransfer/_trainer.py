@@ -43,7 +43,7 @@ from ._accelerate import SyncEpochLosses, net_class, unwrap_module
 from ._base import NetEstimatorMixin
 from ._device import (DEVICE_CONSTRAINT, PRECISION_CONSTRAINT, check_precision, pinned,
                       seeded_rng)
-from ._net import identity_collate
+from ._net import BatchLoader, identity_collate
 
 __all__ = ["Trainer", "FiniteLossCheck", "holdout_split", "fit_seeded", "finish_fit",
            "check_net_kwargs", "lr_scheduler", "OPTIMIZERS", "optimizer_class"]
@@ -459,6 +459,12 @@ class Trainer(NetEstimatorMixin):
             # copies them without blocking); net_kwargs may say otherwise
             kwargs["iterator_train__pin_memory"] = kwargs["iterator_valid__pin_memory"] = True
         extra = dict(self.net_kwargs or {})
+        if (accelerator is None and "iterator_train__pin_memory" not in kwargs
+                and not any(k.startswith("iterator_train") for k in extra)):
+            # in one process, batches cut from the dataset without DataLoader's
+            # per-batch machinery (accelerate shards a DataLoader; net_kwargs may
+            # configure one)
+            kwargs["iterator_train"] = BatchLoader
         # the user's callbacks come on top of ours (loss check, early stopping, ...)
         kwargs["callbacks"] = kwargs["callbacks"] + list(extra.pop("callbacks", None) or [])
         net_cls, accelerate_kwargs = net_class(self._net_class, accelerator, self.verbose)

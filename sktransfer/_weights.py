@@ -25,6 +25,7 @@ import difflib
 import enum
 import inspect
 import os
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -53,6 +54,24 @@ MODEL_CONSTRAINTS = {
     "model": [str, nn.Module, callable, HasMethods(["__sktransfer_model__"])],
     "weights": [None, str, os.PathLike, Hidden(enum.Enum)],
 }
+
+
+def private_copy(module):
+    """``copy.deepcopy(module)``, faster.
+
+    ``deepcopy`` rebuilds every container of every submodule through
+    ``__reduce_ex__``, the empty ones too (a module's hook dictionaries: a dozen
+    per submodule); on a ResNet that is a quarter of a copy's time, and every
+    ``fit`` copies the network. The empty ``dict``/``OrderedDict``/``set``
+    attributes get fresh empty ones up front through deepcopy's memo (as deepcopy
+    would make them); everything else is deepcopy's own.
+    """
+    memo = {}
+    for sub in module.modules():
+        for value in vars(sub).values():
+            if type(value) in (dict, OrderedDict, set) and not value:
+                memo[id(value)] = type(value)()
+    return copy.deepcopy(module, memo)
 
 
 @dataclass
@@ -260,7 +279,7 @@ def resolve_model(model, weights=None):
                 "sklearn.frozen.FrozenEstimator, which clones as itself: "
                 "{'net__model': [FrozenEstimator(source_a), FrozenEstimator(source_b)]}."
             ) from exc
-        net = copy.deepcopy(source.net)
+        net = private_copy(source.net)
         return ResolvedModel(
             net=net,
             original=None,
@@ -275,7 +294,7 @@ def resolve_model(model, weights=None):
         module, preprocess, input_shape = _build_torchvision(model, weights)
         description = model if weights is None else f"{model} ({weights})"
     elif isinstance(model, nn.Module):
-        module = copy.deepcopy(model)
+        module = private_copy(model)
         description = type(model).__name__
     else:  # a class or zero-argument callable (MODEL_CONSTRAINTS allow nothing else)
         module = _call_factory(model)

@@ -9,7 +9,7 @@ from torch import nn
 from sktransfer import split_model
 from sktransfer._blocks import freeze_blocks
 from sktransfer._inputs import InputData
-from sktransfer._net import BatchDataset, TransferNet
+from sktransfer._net import BatchDataset, BatchLoader, TransferNet, identity_collate
 
 
 def three_block_net(depth=0):
@@ -79,6 +79,37 @@ def test_frozen_blocks_stay_in_eval_mode_in_training():
     assert net.module_.head.training
     net._set_training(False)
     assert not any(m.training for m in net.module_.modules())
+
+
+class _SubsetOfOwn(torch.utils.data.Subset):
+    """A Subset subclass (as the fit's augmented training rows): cut through its own
+    ``__getitems__``."""
+
+    def __getitems__(self, indices):
+        Xb, yb = super().__getitems__(indices)
+        return Xb * 2, yb
+
+
+@pytest.mark.parametrize("shuffle", [True, False])
+@pytest.mark.parametrize("drop_last", [True, False])
+@pytest.mark.parametrize("subset", [torch.utils.data.Subset, _SubsetOfOwn])
+def test_batch_loader_gives_a_data_loaders_batches_from_the_same_draws(shuffle, drop_last,
+                                                                       subset):
+    X, y = torch.randn(23, 3), torch.arange(23)
+    rows = np.array([0, 2, 3, 5, 7, 8, 9, 11, 12, 13, 15, 16, 18, 20, 22])
+    dataset = subset(BatchDataset(X, y), rows)
+    kwargs = dict(batch_size=4, shuffle=shuffle, drop_last=drop_last,
+                  collate_fn=identity_collate)
+    loaders = [torch.utils.data.DataLoader(dataset, **kwargs), BatchLoader(dataset, **kwargs)]
+    epochs, after = [], []
+    for loader in loaders:
+        torch.manual_seed(0)
+        epochs.append([[(Xb.tolist(), yb.tolist()) for Xb, yb in loader] for _ in range(2)])
+        after.append(torch.rand(3))  # the generator is left where DataLoader leaves it
+        assert len(loader) == len(epochs[-1][0])
+    assert epochs[0] == epochs[1]
+    assert torch.equal(after[0], after[1])
+    assert epochs[1][0] != epochs[1][1] or not shuffle
 
 
 def test_batch_dataset_hands_out_whole_batches():

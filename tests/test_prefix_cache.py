@@ -349,3 +349,63 @@ def test_the_probe_reads_the_store_too(digits):
     _, again = _fit_counting(source, X, y, freeze_depth="all", head_init="probe", alpha=1e-2)
     assert first >= 64 and again == 0  # the probe's pass, and the frozen blocks', kept
     clear_cache()
+
+
+def _pooling_source(pre_head):
+    """Two conv blocks, ``pre_head`` (named layers), a linear head on 8 channels."""
+    from collections import OrderedDict
+
+    from sktransfer import split_model
+
+    torch.manual_seed(0)
+    layers = OrderedDict([("conv1", CountingConv(1, 8, 3, padding=1)), ("relu1", nn.ReLU()),
+                          ("conv2", nn.Conv2d(8, 8, 3, padding=1)), ("relu2", nn.ReLU()),
+                          *pre_head, ("fc", nn.Linear(8, 5))])
+    return split_model(nn.Sequential(layers), blocks=[["conv1", "relu1"], ["conv2", "relu2"]],
+                       head="fc", pre_head=[name for name, _ in pre_head])
+
+
+@pytest.mark.parametrize("head_init", ["random", "probe"])
+@pytest.mark.parametrize("early_stopping", [False, True])
+def test_a_head_alone_trains_on_features_pooled_once_like_pooled_every_batch(
+        digits, monkeypatch, head_init, early_stopping):
+    """Every block frozen and a row-wise pre_head (pooling, flatten): it runs once per
+    row, not on every batch of every epoch, and the fit is the same bit for bit."""
+    import sktransfer._prefix_cache as prefix_cache
+
+    calls = []
+    pool_forward = nn.AdaptiveAvgPool2d.forward
+    monkeypatch.setattr(nn.AdaptiveAvgPool2d, "forward",
+                        lambda self, x: calls.append(len(x)) or pool_forward(self, x))
+    source = _pooling_source([("pool", nn.AdaptiveAvgPool2d(1)), ("flat", nn.Flatten())])
+    X, y = digits["X_target"][:100], digits["y_target"][:100]
+    params = dict(freeze_depth="all", max_epochs=4, head_init=head_init,
+                  early_stopping=early_stopping, validation_fraction=0.2)
+    clear_cache()
+    once = _est(source, **params).fit(X, y)
+    # the 100 rows pooled once; the probe, training and validation batches read them
+    assert sum(calls) == 100
+    monkeypatch.setattr(prefix_cache, "rowwise_pre_head", lambda net: False)
+    calls.clear()
+    clear_cache()
+    every = _est(source, **params).fit(X, y)
+    assert sum(calls) >= 4 * 80
+    np.testing.assert_array_equal(once.predict_proba(X), every.predict_proba(X))
+    assert [r["train_loss"] for r in once.history_] == [r["train_loss"] for r in every.history_]
+    assert once.module_.start_block == 0
+
+
+def test_only_a_rowwise_pre_head_runs_once():
+    from sktransfer._blocknet import GlobalPool, rowwise_pre_head
+
+    def pre_head(*modules):
+        return _pooling_source([(f"p{i}", m) for i, m in enumerate(modules)])
+
+    assert rowwise_pre_head(pre_head(nn.AdaptiveAvgPool2d(1), nn.Flatten()))
+    assert rowwise_pre_head(pre_head(nn.ReLU(), GlobalPool("avg")))
+    # dropout trains differently; an unknown module may too; a hook sees every batch
+    assert not rowwise_pre_head(pre_head(GlobalPool("avg"), nn.Dropout(0.2)))
+    assert not rowwise_pre_head(pre_head(CountingBlock(GlobalPool("avg"))))
+    hooked = nn.AdaptiveAvgPool2d(1)
+    hooked.register_forward_hook(lambda *args: None)
+    assert not rowwise_pre_head(pre_head(hooked, nn.Flatten()))

@@ -391,6 +391,43 @@ def test_user_module_is_never_mutated():
     np.testing.assert_array_equal(fx.transform(X_TAB), fx.transform(X_TAB))
 
 
+class _Recorder:
+    def __init__(self):
+        self.seen = []
+
+    def __call__(self, module, args):
+        self.seen.append(len(args[0]))
+
+
+def test_private_copy_is_a_deepcopy():
+    """The fit's copy of the network: what copy.deepcopy makes (no tensor shared, tied
+    weights still tied, hooks copied with their state), only faster."""
+    import copy
+
+    from sktransfer._weights import private_copy
+
+    torch.manual_seed(0)
+    tied = nn.Sequential(
+        nn.Sequential(nn.Linear(4, 8), nn.BatchNorm1d(8), nn.ReLU(), nn.Linear(8, 8)),
+        nn.Linear(8, 8))
+    tied[1].weight = tied[0][3].weight  # one parameter in two layers
+    tied[0][0].register_forward_pre_hook(_Recorder())
+    tied(torch.randn(3, 4))
+    for made in (private_copy(tied), copy.deepcopy(tied)):
+        assert made[1].weight is made[0][3].weight and made[1].weight is not tied[1].weight
+        own = {t.data_ptr() for t in list(tied.parameters()) + list(tied.buffers())}
+        assert own.isdisjoint(t.data_ptr() for t in list(made.parameters()) + list(made.buffers()))
+        for (name, a), (_, b) in zip(tied.state_dict().items(), made.state_dict().items()):
+            assert torch.equal(a, b), name
+        hooks = made[0][0]._forward_pre_hooks
+        assert hooks is not tied[0][0]._forward_pre_hooks
+        assert [h.seen for h in hooks.values()] == [[3]]  # copied with its state
+        relu = made[0][2]._forward_hooks
+        assert relu == {} and relu is not tied[0][2]._forward_hooks
+        made(torch.randn(2, 4))
+        assert [h.seen for h in tied[0][0]._forward_pre_hooks.values()] == [[3]]
+
+
 class SeededMLP(nn.Module):
     """A plain class (not a Sequential): split by its children, checked on the first batch."""
 
