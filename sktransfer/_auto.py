@@ -67,12 +67,13 @@ def one_standard_error(cv_results):
 def _candidates(estimator):
     """The parameter grid of the search: fine-tuning (at each rate of ``lr="auto"``),
     then the probe."""
+    tune, probe = AUTO_DEPTHS
     if not isinstance(estimator.lr, str):
-        return [{"freeze_depth": [0]}, {"freeze_depth": ["all"]}]
+        return [{"freeze_depth": [tune]}, {"freeze_depth": [probe]}]
     schedule = estimator.lr_schedule or "warmup_cosine"
-    return [{"freeze_depth": [0], "lr": [AUTO_LRS[0]]},
-            {"freeze_depth": [0], "lr": [AUTO_LRS[1]], "lr_schedule": [schedule]},
-            {"freeze_depth": ["all"], "lr": [AUTO_LRS[0]]}]
+    return [{"freeze_depth": [tune], "lr": [AUTO_LRS[0]]},
+            {"freeze_depth": [tune], "lr": [AUTO_LRS[1]], "lr_schedule": [schedule]},
+            {"freeze_depth": [probe], "lr": [AUTO_LRS[0]]}]
 
 
 def _folds(estimator, y, seed):
