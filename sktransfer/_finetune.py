@@ -36,11 +36,11 @@ from ._blocks import check_freeze_depth, freeze_blocks
 from ._device import autocast, autocast_dtype, check_precision
 from ._docstrings import fill_doc
 from ._heads import attach_head, check_hidden_sizes, head_features, probe_head
-from ._inputs import source_nan_columns, validate_input
+from ._inputs import class_sample_weights, source_nan_columns, validate_input
 from ._net import BatchDataset, TransferNet
 from ._persist import WeightsFileMixin
 from ._prefix_cache import frozen_then, starting_at, training_inputs
-from ._trainer import OPTIMIZERS, Trainer, lr_scheduler, optimizer_class
+from ._trainer import OPTIMIZERS, Trainer, label_smoothing, lr_scheduler, optimizer_class
 from ._weights import ResolvedModel
 
 __all__ = ["FineTunedClassifier", "FineTunedRegressor"]
@@ -113,6 +113,10 @@ class _BaseFineTuned(WeightsFileMixin, TransferEstimatorMixin, Trainer, BaseEsti
 
     def _y_kwargs(self):
         return {"multi_output": False}
+
+    def _loss_kwargs(self, trains_blocks):
+        """skorch arguments of the loss, given whether a pretrained block trains."""
+        return {}
 
     def _class_weights(self, y):
         return 1.0
@@ -245,7 +249,7 @@ class _BaseFineTuned(WeightsFileMixin, TransferEstimatorMixin, Trainer, BaseEsti
             backbone_lr_scale=float(self.backbone_lr_scale), layer_decay=self.layer_decay,
             new_prefixes=new_prefixes, weighted=weights is not None,
             unfreeze_every=self.unfreeze_every, relationship=relationship, head_l2=head_l2,
-            **plan.net_params())
+            **plan.net_params(), **self._loss_kwargs(bool(plan.trained)))
         with starting_at(module, start):
             module, history = self._train(net, dataset, train_idx, seed, device,
                                           "pretrained blocks, new head", augment=self.augment)
@@ -348,10 +352,7 @@ class FineTunedClassifier(ClassifierMixin, _BaseFineTuned):
     ----------
     {model_params}
     {finetune_params}
-    class_weight : "balanced", dict or None, default=None
-        Weights of the classes in the loss, as in scikit-learn: ``"balanced"``
-        uses ``n_samples / (n_classes * count(class))``, a dict maps labels to
-        weights. They multiply ``sample_weight`` in ``fit``.
+    {classifier_params}
 
     Attributes
     ----------
@@ -363,6 +364,9 @@ class FineTunedClassifier(ClassifierMixin, _BaseFineTuned):
         Number of input columns (2-D input only).
     feature_names_in_ : ndarray of str
         Column names of a DataFrame ``X``.
+    label_smoothing_ : float
+        The label smoothing of the fit's loss (``label_smoothing``, or what
+        ``"auto"`` gave).
     {finetune_attributes}
 
     See Also
@@ -397,6 +401,7 @@ class FineTunedClassifier(ClassifierMixin, _BaseFineTuned):
     _parameter_constraints = {
         **_BaseFineTuned._parameter_constraints,
         "class_weight": [StrOptions({"balanced"}), dict, None],
+        "label_smoothing": [Interval(numbers.Real, 0, 1, closed="left"), StrOptions({"auto"})],
     }
 
     def __init__(self, model=None, weights=None, *, freeze_depth="auto", penalty="l2_sp",
@@ -410,7 +415,7 @@ class FineTunedClassifier(ClassifierMixin, _BaseFineTuned):
                  validation_fraction=0.1, n_iter_no_change=10, tol=1e-4, cache_size=1024,
                  memory=None, random_state=None,
                  device="auto", precision="32", accelerator=None, preprocess="auto",
-                 verbose=0, net_kwargs=None, class_weight=None):
+                 verbose=0, net_kwargs=None, class_weight=None, label_smoothing="auto"):
         super().__init__(
             model=model, weights=weights, freeze_depth=freeze_depth, penalty=penalty,
             alpha=alpha, lr=lr, backbone_lr_scale=backbone_lr_scale, layer_decay=layer_decay,
@@ -427,20 +432,15 @@ class FineTunedClassifier(ClassifierMixin, _BaseFineTuned):
             preprocess=preprocess, verbose=verbose, net_kwargs=net_kwargs,
         )
         self.class_weight = class_weight
+        self.label_smoothing = label_smoothing
+
+    def _loss_kwargs(self, trains_blocks):
+        self.label_smoothing_, kwargs = label_smoothing(self.label_smoothing, trains_blocks,
+                                                        self.net_kwargs)
+        return kwargs
 
     def _class_weights(self, y):
-        if self.class_weight is None:
-            return 1.0
-        from sklearn.utils.class_weight import compute_sample_weight
-
-        if isinstance(self.class_weight, dict):
-            unknown = set(self.class_weight) - set(self.classes_)
-            if unknown:
-                raise ValueError(
-                    f"class_weight names labels that are not in y: {sorted(unknown, key=str)}; "
-                    f"the classes are {list(self.classes_)}."
-                )
-        return compute_sample_weight(self.class_weight, y)
+        return class_sample_weights(self.class_weight, self.classes_, y)
 
     def _encode_y(self, y):
         check_classification_targets(y)

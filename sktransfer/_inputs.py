@@ -31,7 +31,7 @@ from ._device import pinned
 
 __all__ = ["InputData", "validate_input", "iter_batches", "make_batch", "in_memory",
            "check_real", "clearer_errors", "ImagePreprocess", "image_mode", "padded_to_longest",
-           "source_nan_columns", "check_missing", "pad_rows"]
+           "source_nan_columns", "check_missing", "pad_rows", "class_sample_weights"]
 
 
 @dataclass
@@ -554,3 +554,20 @@ def iter_batches(data, batch_size, preprocess=None, device="cpu"):
         if pin:
             batch = batch.pin_memory()
         yield batch.to(device, non_blocking=True)
+
+
+def class_sample_weights(class_weight, classes, y):
+    """Per-sample weights of a classifier's ``class_weight`` (scikit-learn's
+    ``compute_sample_weight``), ``1.0`` when it is ``None``."""
+    if class_weight is None:
+        return 1.0
+    from sklearn.utils.class_weight import compute_sample_weight
+
+    if isinstance(class_weight, dict):
+        unknown = set(class_weight) - set(classes)
+        if unknown:
+            raise ValueError(
+                f"class_weight names labels that are not in y: {sorted(unknown, key=str)}; "
+                f"the classes are {list(classes)}."
+            )
+    return compute_sample_weight(class_weight, y)

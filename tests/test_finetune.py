@@ -688,3 +688,53 @@ def test_the_shared_base_is_abstract():
 
     with pytest.raises(TypeError, match="abstract"):
         _BaseFineTuned()
+
+
+# -- label smoothing -----------------------------------------------------------------
+
+
+class RecordSmoothing(Callback):
+    """Records the label smoothing of the criterion the net trains with."""
+
+    def __init__(self):
+        self.seen = []
+
+    def on_train_begin(self, net, **kwargs):
+        self.seen.append(net.criterion_.label_smoothing)
+
+
+def smoothing_fit(tabular_source, **params):
+    record = RecordSmoothing()
+    X, y = tabular_source["X_target"][:120], tabular_source["y_target"][:120]
+    clf = FineTunedClassifier(model=tabular_source["net"], max_epochs=3, random_state=0,
+                              net_kwargs={"callbacks": [record]}, **CPU, **params).fit(X, y)
+    return clf, record.seen
+
+
+def test_label_smoothing_auto_smooths_fine_tuning_and_leaves_the_probe_alone(tabular_source):
+    tuned, seen = smoothing_fit(tabular_source, freeze_depth=0)
+    assert tuned.label_smoothing_ == 0.1 and seen == [0.1]
+    explicit, _ = smoothing_fit(tabular_source, freeze_depth=0, label_smoothing=0.1)
+    unsmoothed, _ = smoothing_fit(tabular_source, freeze_depth=0, label_smoothing=0.0)
+    losses = [[row["train_data_loss"] for row in c.history_] for c in (tuned, explicit, unsmoothed)]
+    assert losses[0] == losses[1] and losses[0] != losses[2]
+    # every block frozen: the head stays the probe (the unsmoothed optimum)
+    probe, seen = smoothing_fit(tabular_source, freeze_depth="all")
+    assert probe.label_smoothing_ == 0.0 and seen == [0.0]
+    moved, _ = smoothing_fit(tabular_source, freeze_depth="all", label_smoothing=0.1)
+    assert not same_state(probe.module_.head.state_dict(), moved.module_.head.state_dict())
+
+
+def test_label_smoothing_from_net_kwargs_and_conflicts(tabular_source):
+    record = RecordSmoothing()
+    X, y = tabular_source["X_target"][:120], tabular_source["y_target"][:120]
+    clf = FineTunedClassifier(
+        model=tabular_source["net"], freeze_depth=0, max_epochs=1, random_state=0, **CPU,
+        net_kwargs={"callbacks": [record], "criterion__label_smoothing": 0.3}).fit(X, y)
+    assert clf.label_smoothing_ == 0.3 and record.seen == [0.3]
+    clash = FineTunedClassifier(model=tabular_source["net"], label_smoothing=0.2, **CPU,
+                                net_kwargs={"criterion__label_smoothing": 0.3})
+    with pytest.raises(ValueError, match="label_smoothing=0.2 and net_kwargs' criterion"):
+        clash.fit(X, y)
+    with pytest.raises(ValueError, match="label_smoothing"):
+        FineTunedClassifier(model=tabular_source["net"], label_smoothing=1.0).fit(X, y)
