@@ -46,7 +46,8 @@ Methods (``--methods``; the registry ``METHODS`` maps a name to
 - ``defaults``: ``FineTunedClassifier/Regressor(model=source,
   random_state=draw)``, nothing else set (``freeze_depth="auto"`` and
   ``lr="auto"``: the probe or fine-tuning every block at 1e-3 or at 1e-2
-  with a warm-up and cosine annealing, by 3-fold cross-validation);
+  with a warm-up and cosine annealing, by 3-fold cross-validation; the
+  classifier's fine-tuning with ``label_smoothing="auto"``, 0.1);
 - ``grid``: ``GridSearchCV`` of the same over ``freeze_depth`` (every depth the
   task's network has, up to 2, and ``"all"``) x ``alpha`` {1e-3, 1e-2, 1e-1},
   cv=3.

@@ -342,7 +342,8 @@ class FineTunedClassifier(ClassifierMixin, _BaseFineTuned):
     A new head sized from ``y`` goes on top of the pretrained blocks; blocks
     ``0..freeze_depth-1`` stay frozen; the rest train at
     ``lr * backbone_lr_scale`` while the head trains at ``lr``, minimising the
-    mean cross-entropy plus ``alpha * R(theta)``. Training runs in a private
+    mean cross-entropy (labels smoothed by ``label_smoothing``) plus
+    ``alpha * R(theta)``. Training runs in a private
     skorch ``NeuralNet``; every ``fit`` starts again from the pretrained weights.
     Other adaptation methods (WiSE-FT, BitFit, LoRA, surgical blocks, ...) are
     parameters too, for a search to choose from (user guide: "Adaptation
