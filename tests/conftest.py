@@ -7,7 +7,12 @@ from sklearn.datasets import load_digits
 from skorch.callbacks import Callback
 from torch import nn
 
-torch.set_num_threads(min(2, torch.get_num_threads()))
+# One intra-op thread: the tests' networks are tiny, and with two threads every
+# small op waits at a barrier for a thread the scheduler may have put aside. On
+# 2 cores with 2 other busy processes, tests/test_auto.py took over 380 s with
+# two threads and 20 s with one; the idle full suite takes the same time either
+# way (260 s against 262 s).
+torch.set_num_threads(1)
 
 
 def make_cnn(n_classes=5):
