@@ -105,13 +105,12 @@ def fit_auto_depth(estimator, X, data, y, sample_weight, seed):
     candidate = clone(estimator).set_params(freeze_depth=0)
     cv = None if estimator.train_blocks is not None else _folds(estimator, y, seed)
     params = {} if sample_weight is None else {"sample_weight": sample_weight}
-    grid = _candidates(estimator)
     if cv is None:  # fine-tuning, at the lower rate of lr="auto"
         best = candidate.fit(X, y, **params)
         depths, rates = {0: np.nan}, {AUTO_LRS[0]: np.nan}
     else:
-        search = GridSearchCV(candidate, grid, cv=cv, refit=one_standard_error,
-                              error_score="raise")
+        search = GridSearchCV(candidate, _candidates(estimator), cv=cv,
+                              refit=one_standard_error, error_score="raise")
         # the folds in this thread: on a dask or Ray backend joblib would send them to the
         # cluster's workers, busy with the user's own search (as the probe's folds)
         with parallel_config(backend="sequential"):

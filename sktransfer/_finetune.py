@@ -115,7 +115,8 @@ class _BaseFineTuned(WeightsFileMixin, TransferEstimatorMixin, Trainer, BaseEsti
         return {"multi_output": False}
 
     def _loss_kwargs(self, trains_blocks):
-        """skorch arguments of the loss, given whether a pretrained block trains."""
+        """skorch arguments of the loss, given whether a pretrained block trains (the
+        classifier records its ``label_smoothing_`` here)."""
         return {}
 
     def _class_weights(self, y):

@@ -114,7 +114,7 @@ def label_smoothing(value, trains_blocks, net_kwargs):
     ``CrossEntropyLoss(label_smoothing=...)`` does the work. A criterion that
     ``net_kwargs`` sets or configures (``criterion__label_smoothing``) wins.
     """
-    kwargs = dict(net_kwargs or {})
+    kwargs = net_kwargs or {}
     if "criterion" in kwargs or "criterion__label_smoothing" in kwargs:
         if not (value == "auto" or value == 0):
             raise ValueError(

@@ -703,11 +703,12 @@ class RecordSmoothing(Callback):
         self.seen.append(net.criterion_.label_smoothing)
 
 
-def smoothing_fit(tabular_source, **params):
+def smoothing_fit(tabular_source, net_kwargs=None, **params):
     record = RecordSmoothing()
     X, y = tabular_source["X_target"][:120], tabular_source["y_target"][:120]
     clf = FineTunedClassifier(model=tabular_source["net"], max_epochs=3, random_state=0,
-                              net_kwargs={"callbacks": [record]}, **CPU, **params).fit(X, y)
+                              net_kwargs={"callbacks": [record], **(net_kwargs or {})},
+                              **CPU, **params).fit(X, y)
     return clf, record.seen
 
 
@@ -726,12 +727,10 @@ def test_label_smoothing_auto_smooths_fine_tuning_and_leaves_the_probe_alone(tab
 
 
 def test_label_smoothing_from_net_kwargs_and_conflicts(tabular_source):
-    record = RecordSmoothing()
+    clf, seen = smoothing_fit(tabular_source, freeze_depth=0,
+                              net_kwargs={"criterion__label_smoothing": 0.3})
+    assert clf.label_smoothing_ == 0.3 and seen == [0.3]
     X, y = tabular_source["X_target"][:120], tabular_source["y_target"][:120]
-    clf = FineTunedClassifier(
-        model=tabular_source["net"], freeze_depth=0, max_epochs=1, random_state=0, **CPU,
-        net_kwargs={"callbacks": [record], "criterion__label_smoothing": 0.3}).fit(X, y)
-    assert clf.label_smoothing_ == 0.3 and record.seen == [0.3]
     clash = FineTunedClassifier(model=tabular_source["net"], label_smoothing=0.2, **CPU,
                                 net_kwargs={"criterion__label_smoothing": 0.3})
     with pytest.raises(ValueError, match="label_smoothing=0.2 and net_kwargs' criterion"):
