@@ -95,13 +95,14 @@ alpha : float, default=1e-3
     papers' values: ``"bss"`` 1e-3, ``"co_tuning"`` about 1 to 3.
 lr : float or "auto", default="auto"
     Learning rate of the head (and any new parameters). ``"auto"``: with
-    ``freeze_depth="auto"``, fine-tuning is cross-validated at ``1e-3`` and
-    at ``1e-2`` (the latter with ``lr_schedule="warmup_cosine"`` unless
-    ``lr_schedule`` is set), in the same folds as the probe; with any other
-    ``freeze_depth``, ``1e-3``. On ``benchmarks/bench_quality.py`` the
-    higher rate won 2-4 points on image tasks whose source was trained on
-    other classes and lost 4-14 on tables whose pretrained features already
-    fit the target; the folds tell them apart. ``lr_`` is the rate used.
+    ``freeze_depth="auto"``, fine-tuning is cross-validated at ``3e-3`` and
+    at ``1e-2``, in the same folds as the probe; with any other
+    ``freeze_depth``, ``3e-3``. An ``"auto"`` rate warms up and anneals
+    (``lr_schedule="warmup_cosine"``) unless ``lr_schedule`` is set. On
+    ``benchmarks/bench_quality.py`` the higher rate won up to 3.5 points on
+    image tasks whose source was trained on other classes and lost 1.3 to
+    5.4 on tables whose pretrained features already fit the target; the
+    folds tell them apart. ``lr_`` is the rate used.
 backbone_lr_scale : float, default=1.0
     The unfrozen pretrained blocks train at ``lr * backbone_lr_scale``. With
     a probe-initialised head (the default) the pretrained blocks need no
@@ -115,8 +116,10 @@ layer_decay : float in (0, 1] or None, default=None
     so the input-side blocks, the most general, move least.
 lr_schedule : {"cosine", "warmup_cosine", "onecycle"} or None, default=None
     Learning-rate schedule over ``max_epochs`` (skorch ``LRScheduler``),
-    scaling every group's rate: ``"cosine"`` anneals to 0 per epoch;
-    ``"warmup_cosine"`` warms up linearly over the first 10% of the epochs
+    scaling every group's rate; ``None``: ``"warmup_cosine"`` with
+    ``lr="auto"``, a constant rate with a numeric ``lr``. ``"cosine"``
+    anneals to 0 per epoch; ``"warmup_cosine"`` warms up linearly over the
+    first 10% of the epochs
     (at least one), then anneals; ``"onecycle"`` (per batch) rises from 1/25
     of the rate to the full rate over the first 30% of the steps, then anneals
     to 1e-4 of it. ``history_`` records ``lr``, the head's rate as each epoch
@@ -315,11 +318,11 @@ lr_ : float
     chose).
 lr_schedule_ : str or None
     The learning-rate schedule of the fit (``lr_schedule``, or
-    ``"warmup_cosine"`` where ``lr="auto"`` chose ``1e-2``).
+    ``"warmup_cosine"`` with ``lr="auto"``).
 lr_scores_ : dict
     With ``freeze_depth="auto"`` and ``lr="auto"`` only: the mean
-    cross-validated score of fine-tuning at each rate, ``{0.001: ...,
-    0.01: ...}`` (``{0.001: nan}`` when no folds ran).
+    cross-validated score of fine-tuning at each rate, ``{0.003: ...,
+    0.01: ...}`` (``{0.003: nan}`` when no folds ran).
 train_blocks_ : list of int
     The blocks that trained (besides the head).
 """

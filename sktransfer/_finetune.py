@@ -31,7 +31,7 @@ from ._base import (
     seed_from_random_state,
     unchanged_on_error,
 )
-from ._auto import AUTO_LRS, fit_auto_depth
+from ._auto import AUTO_LRS, AUTO_SCHEDULE, fit_auto_depth
 from ._blocks import check_freeze_depth, freeze_blocks
 from ._device import autocast, autocast_dtype, check_precision
 from ._docstrings import fill_doc
@@ -150,14 +150,20 @@ class _BaseFineTuned(WeightsFileMixin, TransferEstimatorMixin, Trainer, BaseEsti
         # lr="auto" outside freeze_depth="auto"'s search: the lower of its two rates
         return AUTO_LRS[0] if isinstance(self.lr, str) else self.lr
 
+    def _lr_schedule(self):
+        # lr="auto" brings its warm-up and annealing where lr_schedule is not set
+        auto = self.lr_schedule is None and isinstance(self.lr, str)
+        return AUTO_SCHEDULE if auto else self.lr_schedule
+
     def _scoring_callbacks(self):
         # the mean data loss alone, next to train_loss (which includes the penalty)
         return [("train_data_loss", PassthroughScoring(name="train_data_loss", on_train=True))]
 
     def _schedule_callbacks(self, epochs, steps_per_epoch):
-        if self.lr_schedule is None:
+        schedule = self._lr_schedule()
+        if schedule is None:
             return []
-        return [("lr_scheduler", lr_scheduler(self.lr_schedule, epochs, steps_per_epoch))]
+        return [("lr_scheduler", lr_scheduler(schedule, epochs, steps_per_epoch))]
 
     def _skorch_kwargs(self, dataset):
         # with sample weights, the net weighs per-sample losses itself
@@ -260,7 +266,7 @@ class _BaseFineTuned(WeightsFileMixin, TransferEstimatorMixin, Trainer, BaseEsti
         self._source_input_shape = resolved.input_shape
         self.blocks_ = list(module.block_names)
         self.freeze_depth_ = plan.prefix
-        self.lr_, self.lr_schedule_ = net.lr, self.lr_schedule
+        self.lr_, self.lr_schedule_ = net.lr, self._lr_schedule()
         self.train_blocks_ = plan.trained
         self.history_ = history
         self.n_iter_ = len(history)

@@ -49,9 +49,9 @@ def test_auto_fine_tunes_where_the_source_features_are_poor(digits, source_cnn):
                               source_cnn[0].weight.detach())  # the blocks trained
 
 
-CANDIDATES = {"ft-low": {"freeze_depth": 0, "lr": 1e-3},
+CANDIDATES = {"ft-low": {"freeze_depth": 0, "lr": 3e-3, "lr_schedule": "warmup_cosine"},
               "ft-high": {"freeze_depth": 0, "lr": 1e-2, "lr_schedule": "warmup_cosine"},
-              "probe": {"freeze_depth": "all", "lr": 1e-3}}
+              "probe": {"freeze_depth": "all", "lr": 3e-3, "lr_schedule": "warmup_cosine"}}
 
 
 def test_auto_is_cross_validation_then_the_refit_of_the_winner(digits, source_cnn):
@@ -63,7 +63,7 @@ def test_auto_is_cross_validation_then_the_refit_of_the_winner(digits, source_cn
     for name, params in CANDIDATES.items():
         est = FineTunedClassifier(model=source_cnn, random_state=3, **params, **FAST)
         scores[name] = cross_val_score(est, X, y, cv=folds)
-    assert auto.lr_scores_ == pytest.approx({1e-3: scores["ft-low"].mean(),
+    assert auto.lr_scores_ == pytest.approx({3e-3: scores["ft-low"].mean(),
                                              1e-2: scores["ft-high"].mean()}, abs=1e-12)
     tuned = max(("ft-low", "ft-high"), key=lambda name: scores[name].mean())
     assert auto.freeze_depth_scores_ == pytest.approx(
@@ -79,12 +79,12 @@ def test_auto_is_cross_validation_then_the_refit_of_the_winner(digits, source_cn
 
 
 def test_auto_lr_takes_the_higher_rate_where_the_source_must_move(digits, source_cnn):
-    # the source CNN knows digits 0-4 only: on 5-9 fine-tuning at 1e-2 (warmed up,
-    # annealed) beats 1e-3 in the folds, and the refit trains with that schedule
+    # the source CNN knows digits 0-4 only: on 5-9 fine-tuning at 1e-2 beats 3e-3 in
+    # the folds, and the refit trains at that rate, warmed up and annealed
     X, y = digits["X_target"][:150], digits["y_target"][:150]
     auto = FineTunedClassifier(model=source_cnn, random_state=0, max_epochs=15,
                                device="cpu").fit(X, y)
-    assert auto.lr_scores_[1e-2] > auto.lr_scores_[1e-3]
+    assert auto.lr_scores_[1e-2] > auto.lr_scores_[3e-3]
     assert (auto.freeze_depth_, auto.lr_, auto.lr_schedule_) == (0, 1e-2, "warmup_cosine")
     rates = [row["lr"] for row in auto.history_]
     assert rates[0] < 1e-2 / 2 and max(rates) == pytest.approx(1e-2)  # the warm-up
@@ -94,9 +94,18 @@ def test_auto_lr_with_a_set_depth_or_schedule(digits, source_cnn):
     X, y = digits["X_target"][:60], digits["y_target"][:60]
     fixed = FineTunedClassifier(model=source_cnn, freeze_depth=0, random_state=0,
                                 **FAST).fit(X, y)
-    assert fixed.lr_ == 1e-3 and fixed.lr_schedule_ is None  # no folds: the lower rate
+    # no folds: the lower rate, warmed up over a tenth of the epochs, then annealed
+    assert fixed.lr_ == 3e-3 and fixed.lr_schedule_ == "warmup_cosine"
     assert not hasattr(fixed, "lr_scores_")
-    assert {row["lr"] for row in fixed.history_} == {1e-3}
+    rates = [row["lr"] for row in fixed.history_]
+    assert rates[0] < 3e-3 and max(rates) == pytest.approx(3e-3) and rates[-1] < 3e-3 / 2
+    # a schedule set by the user is kept; so is a numeric rate's constant one
+    onecycle = FineTunedClassifier(model=source_cnn, freeze_depth=0, lr_schedule="onecycle",
+                                   random_state=0, **FAST).fit(X, y)
+    assert (onecycle.lr_, onecycle.lr_schedule_) == (3e-3, "onecycle")
+    constant = FineTunedClassifier(model=source_cnn, freeze_depth=0, lr=3e-3, random_state=0,
+                                   **FAST).fit(X, y)
+    assert constant.lr_schedule_ is None and {row["lr"] for row in constant.history_} == {3e-3}
     # a numeric lr: the search is over the depth only, at that rate
     numeric = FineTunedClassifier(model=source_cnn, lr=2e-3, random_state=0,
                                   **FAST).fit(X, y)
@@ -104,7 +113,7 @@ def test_auto_lr_with_a_set_depth_or_schedule(digits, source_cnn):
     # the user's schedule is the higher rate's too
     cosine = FineTunedClassifier(model=source_cnn, lr_schedule="cosine", random_state=0,
                                  **FAST).fit(X, y)
-    assert cosine.lr_schedule_ == "cosine" and set(cosine.lr_scores_) == {1e-3, 1e-2}
+    assert cosine.lr_schedule_ == "cosine" and set(cosine.lr_scores_) == {3e-3, 1e-2}
     with pytest.raises(ValueError, match="lr"):
         FineTunedClassifier(model=source_cnn, lr="automatic").fit(X, y)
 
@@ -142,7 +151,7 @@ def test_auto_without_folds_fine_tunes(digits, source_cnn):
     keep = np.setdiff1d(np.arange(len(y)), one)
     single = FineTunedClassifier(model=source_cnn, random_state=0, **FAST).fit(X[keep], y[keep])
     assert single.freeze_depth_ == 0 and list(single.freeze_depth_scores_) == [0]
-    assert single.lr_ == 1e-3 and list(single.lr_scores_) == [1e-3]
+    assert single.lr_ == 3e-3 and list(single.lr_scores_) == [3e-3]
 
 
 def test_auto_in_a_search_with_sample_weights_and_clones(digits, source_cnn):
