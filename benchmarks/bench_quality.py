@@ -45,12 +45,14 @@ Methods (``--methods``; the registry ``METHODS`` maps a name to
   1e-3 .. 1e3, 13 values, efficient leave-one-out);
 - ``defaults``: ``FineTunedClassifier/Regressor(model=source,
   random_state=draw)``, nothing else set (``freeze_depth="auto"`` and
-  ``lr="auto"``: the probe or fine-tuning every block at 1e-3 or at 1e-2
-  with a warm-up and cosine annealing, by 3-fold cross-validation; the
+  ``lr="auto"``: the probe or fine-tuning every block at 3e-3 or at 1e-2,
+  each with a warm-up and cosine annealing, by 3-fold cross-validation; the
   classifier's fine-tuning with ``label_smoothing="auto"``, 0.1);
 - ``grid``: ``GridSearchCV`` of the same over ``freeze_depth`` (every depth the
   task's network has, up to 2, and ``"all"``) x ``alpha`` {1e-3, 1e-2, 1e-1},
   cv=3.
+- ``grid_lr``: the same grid x ``lr`` in ``lr="auto"``'s two rates (3e-3,
+  1e-2), each with ``lr_schedule="warmup_cosine"`` as ``"auto"`` gives it.
 - one row per adaptation method, the defaults with ``freeze_depth=0`` plus:
   ``wise`` (``wise=0.5``),
   ``bitfit`` (``train_params="bias"``), ``norm_only`` (``"norm"``) and
@@ -107,6 +109,7 @@ from sktransfer import (
     FineTunedRegressor,
     TabularPretrainer,
 )
+from sktransfer._auto import AUTO_LRS  # lr="auto"'s rates, for the grid_lr row
 from sktransfer.datasets import (
     load_digits_table,
     load_digits_transfer,
@@ -443,6 +446,15 @@ def grid(task, draw, quick=False, **params):
         grid = {"freeze_depth": [0, "all"], "alpha": [ALPHAS[0]]}
     grid = {k: v for k, v in grid.items() if k not in params}  # a --set value wins
     return GridSearchCV(_sktransfer(task, draw, quick, params), grid, cv=3)
+
+
+@register("grid_lr", "GridSearchCV freeze_depth x alpha x lr", sktransfer=True)
+def grid_lr(task, draw, quick=False, **params):
+    # the grid row with the rate searched too: lr="auto"'s two rates, warmed up as "auto"
+    search = grid(task, draw, quick, **{"lr_schedule": "warmup_cosine", **params})
+    if "lr" not in params:
+        search.param_grid["lr"] = list(AUTO_LRS[:1] if quick else AUTO_LRS)
+    return search
 
 
 # the adaptation methods: (name, label, parameters, applies(task) or None)

@@ -58,6 +58,9 @@ def test_quick_run_has_every_row_and_column(bench, capsys):
     assert all(0 <= a <= 1 for a in accuracies)
     grid = [r for r in rows if r["method"] == "grid"]
     assert all(set(r["chosen"]) == {"freeze_depth", "alpha"} for r in grid)
+    with_rate = [r for r in rows if r["method"] == "grid_lr"]
+    assert with_rate and all(set(r["chosen"]) == {"freeze_depth", "alpha", "lr"}
+                             for r in with_rate)
 
 
 def test_adaptation_rows_run_where_they_apply(bench, capsys):
