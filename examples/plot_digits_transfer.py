@@ -15,7 +15,7 @@ target test set we compare, for 5 to 50 labelled images per class:
   with its defaults: a head that starts as a logistic-regression probe, the
   L2-SP penalty, and ``freeze_depth="auto"``, ``lr="auto"``: each ``fit``
   chooses by 3-fold cross-validation on its labelled images between that
-  probe and fine-tuning every block at a learning rate of 1e-3 or 1e-2.
+  probe and fine-tuning every block at a learning rate of 3e-3 or 1e-2.
 
 Everything runs on scikit-learn's bundled digits, so nothing is downloaded.
 The script takes a few minutes on two CPU cores; set the environment variable
@@ -198,7 +198,7 @@ def fine_tuned(seed):
     L2-SP (the default penalty) pulls the weights toward their pretrained
     values; ``freeze_depth="auto"`` and ``lr="auto"`` (the defaults) run the
     cross-validation inside ``fit``: the probe (every block frozen), or every
-    block fine-tuned at 1e-3, or at 1e-2 with a warm-up and cosine annealing.
+    block fine-tuned at 3e-3 or at 1e-2, each with a warm-up and cosine annealing.
     ``freeze_depth_`` and ``lr_`` say which. No outer search is needed; a
     ``GridSearchCV`` over ``alpha`` or the adaptation methods can still wrap it.
     """
