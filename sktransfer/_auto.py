@@ -37,7 +37,7 @@ on every task of ``bench_quality.py`` but one (synth-reg, 0.3 lower) it
 matched or beat the constant 1e-3 of the versions before (put ``lr`` in the
 search to choose it; running the rate's folds inside every fit of a
 ``GridSearchCV`` over ``freeze_depth`` x ``alpha`` cost 3.3x its time for
-+2.7 points at 5 digits per class and +1.2 at 10).
++2.7 points on the digits at 5 labels per class and +1.2 at 10).
 """
 
 from __future__ import annotations

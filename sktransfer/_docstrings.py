@@ -119,10 +119,9 @@ lr_schedule : {"cosine", "warmup_cosine", "onecycle"} or None, default=None
     scaling every group's rate; ``None``: ``"warmup_cosine"`` with
     ``lr="auto"``, a constant rate with a numeric ``lr``. ``"cosine"``
     anneals to 0 per epoch; ``"warmup_cosine"`` warms up linearly over the
-    first 10% of the epochs
-    (at least one), then anneals; ``"onecycle"`` (per batch) rises from 1/25
-    of the rate to the full rate over the first 30% of the steps, then anneals
-    to 1e-4 of it. ``history_`` records ``lr``, the head's rate as each epoch
+    first 10% of the epochs (at least one), then anneals; ``"onecycle"`` (per
+    batch) rises from 1/25 of the rate to the full rate over the first 30% of
+    the steps, then anneals to 1e-4 of it. ``history_`` records ``lr``, the head's rate as each epoch
     starts. With early stopping, training can end before the schedule does.
 unfreeze_every : int or None, default=None
     Gradual unfreezing (ULMFiT, fastai's ``fine_tune``): train the head alone
