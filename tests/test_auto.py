@@ -110,7 +110,7 @@ def test_auto_lr_with_a_set_depth_or_schedule(digits, source_cnn):
     numeric = FineTunedClassifier(model=source_cnn, lr=2e-3, random_state=0,
                                   **FAST).fit(X, y)
     assert numeric.lr_ == 2e-3 and not hasattr(numeric, "lr_scores_")
-    # the user's schedule is the higher rate's too
+    # the user's schedule is both rates' schedule
     cosine = FineTunedClassifier(model=source_cnn, lr_schedule="cosine", random_state=0,
                                  **FAST).fit(X, y)
     assert cosine.lr_schedule_ == "cosine" and set(cosine.lr_scores_) == {3e-3, 1e-2}
