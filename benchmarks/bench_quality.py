@@ -109,7 +109,7 @@ from sktransfer import (
     FineTunedRegressor,
     TabularPretrainer,
 )
-from sktransfer._auto import AUTO_LRS  # lr="auto"'s rates, for the grid_lr row
+from sktransfer._auto import AUTO_LRS, AUTO_SCHEDULE  # lr="auto"'s, for the grid_lr row
 from sktransfer.datasets import (
     load_digits_table,
     load_digits_transfer,
@@ -451,7 +451,7 @@ def grid(task, draw, quick=False, **params):
 @register("grid_lr", "GridSearchCV freeze_depth x alpha x lr", sktransfer=True)
 def grid_lr(task, draw, quick=False, **params):
     # the grid row with the rate searched too: lr="auto"'s two rates, warmed up as "auto"
-    search = grid(task, draw, quick, **{"lr_schedule": "warmup_cosine", **params})
+    search = grid(task, draw, quick, **{"lr_schedule": AUTO_SCHEDULE, **params})
     if "lr" not in params:
         search.param_grid["lr"] = list(AUTO_LRS[:1] if quick else AUTO_LRS)
     return search

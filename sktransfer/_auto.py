@@ -73,13 +73,14 @@ def one_standard_error(cv_results):
 
 def _candidates(estimator):
     """The parameter grid of the search: fine-tuning (at each rate of ``lr="auto"``),
-    then the probe."""
-    tune, probe = AUTO_DEPTHS
+    then the probe. Outside this grid ``lr="auto"`` is the lower rate with its
+    schedule (``_BaseFineTuned._lr`` / ``_lr_schedule``), so only the higher one is
+    spelled out here."""
+    tune, probe = ({"freeze_depth": [depth]} for depth in AUTO_DEPTHS)
     if not isinstance(estimator.lr, str):
-        return [{"freeze_depth": [tune]}, {"freeze_depth": [probe]}]
-    schedule = estimator.lr_schedule or AUTO_SCHEDULE
-    return [{"freeze_depth": [tune], "lr": [rate], "lr_schedule": [schedule]} for rate in AUTO_LRS
-            ] + [{"freeze_depth": [probe], "lr": [AUTO_LRS[0]], "lr_schedule": [schedule]}]
+        return [tune, probe]
+    higher = {**tune, "lr": [AUTO_LRS[1]], "lr_schedule": [estimator.lr_schedule or AUTO_SCHEDULE]}
+    return [tune, higher, probe]
 
 
 def _folds(estimator, y, seed):

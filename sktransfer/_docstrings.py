@@ -121,8 +121,9 @@ lr_schedule : {"cosine", "warmup_cosine", "onecycle"} or None, default=None
     anneals to 0 per epoch; ``"warmup_cosine"`` warms up linearly over the
     first 10% of the epochs (at least one), then anneals; ``"onecycle"`` (per
     batch) rises from 1/25 of the rate to the full rate over the first 30% of
-    the steps, then anneals to 1e-4 of it. ``history_`` records ``lr``, the head's rate as each epoch
-    starts. With early stopping, training can end before the schedule does.
+    the steps, then anneals to 1e-4 of it. ``history_`` records ``lr``, the
+    head's rate as each epoch starts. With early stopping, training can end
+    before the schedule does.
 unfreeze_every : int or None, default=None
     Gradual unfreezing (ULMFiT, fastai's ``fine_tune``): train the head alone
     for ``unfreeze_every`` epochs, then unfreeze one more block from the top
