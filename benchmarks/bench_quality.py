@@ -47,7 +47,9 @@ Methods (``--methods``; the registry ``METHODS`` maps a name to
   random_state=draw)``, nothing else set (``freeze_depth="auto"`` and
   ``lr="auto"``: the probe or fine-tuning every block at 3e-3 or at 1e-2,
   each with a warm-up and cosine annealing, by 3-fold cross-validation; the
-  classifier's fine-tuning with ``label_smoothing="auto"``, 0.1);
+  classifier's fine-tuning with ``label_smoothing="auto"``, 0.1;
+  ``penalty="auto"``: Co-Tuning, ``alpha=1.0``, where the source has a
+  classification head, L2-SP, ``alpha=1e-3``, elsewhere);
 - ``grid``: ``GridSearchCV`` of the same over ``freeze_depth`` (every depth the
   task's network has, up to 2, and ``"all"``) x ``alpha`` {1e-3, 1e-2, 1e-1},
   cv=3.
@@ -59,8 +61,10 @@ Methods (``--methods``; the registry ``METHODS`` maps a name to
   ``bn_frozen`` (``bn="frozen"``) on the BatchNorm tasks, ``lora``
   (``adapter="lora"``), ``surgical_first`` / ``surgical_last``
   (``train_blocks=[0]`` / ``[-1]``), ``bss`` (``penalty="bss"``, the paper's
-  ``alpha=1e-3``), ``co_tuning`` (``penalty="co_tuning", alpha=1.0``) on the
-  classification tasks whose source has a classification head;
+  ``alpha=1e-3``), ``co_tuning`` (``penalty="co_tuning", alpha=1.0``) and
+  ``l2_sp`` (``penalty="l2_sp", alpha=1e-3``) on the classification tasks
+  whose source has a classification head (where ``penalty="auto"`` is
+  Co-Tuning, so that ``co_tuning``'s row is ``freeze_depth=0``'s);
 - ``methods``: ``GridSearchCV`` (cv=3) over the defaults and every method
   that applies to the task (the rows above), one candidate each.
 
@@ -468,6 +472,9 @@ ADAPTATIONS = [
     ("surgical_last", "surgical, last block", {"train_blocks": [-1]}, None),
     ("bss", "BSS", {"penalty": "bss"}, None),
     ("co_tuning", "Co-Tuning", {"penalty": "co_tuning", "alpha": 1.0},
+     lambda t: t.source_classes and not t.regression),
+    # penalty="auto" is Co-Tuning where the source has classes: L2-SP is then a method
+    ("l2_sp", "L2-SP", {"penalty": "l2_sp", "alpha": 1e-3},
      lambda t: t.source_classes and not t.regression),
 ]
 

@@ -18,6 +18,8 @@ the network has its new head and its first ``freeze_depth`` blocks are frozen:
   trains next to the new one (``module.source_head``, dropped after training)
   toward the category relationship computed here before training
   (:func:`source_relationship`); the loss is in ``_penalties.py``.
+  ``penalty="auto"`` is Co-Tuning wherever it can run, L2-SP elsewhere
+  (:func:`fit_penalty`).
 
 The BatchNorm policy (``bn``) is a training mode: ``TransferNet._set_training``
 calls :func:`freeze_batchnorm`.
@@ -35,7 +37,7 @@ from sklearn.utils._param_validation import Interval, StrOptions
 from torch import nn
 
 from ._device import seeded_rng
-from ._penalties import category_relationship
+from ._penalties import auto_alpha, category_relationship
 
 #: the fine-tuning estimators' parameters of the adaptation methods, constrained here
 #: (``train_blocks``'s indices are checked against the model in check_train_blocks)
@@ -52,7 +54,7 @@ ADAPT_CONSTRAINTS = {
 ADAPT_PARAMS = ("freeze_depth", "unfreeze_every", *ADAPT_CONSTRAINTS)
 
 __all__ = ["ADAPT_CONSTRAINTS", "ADAPT_PARAMS", "Adaptation", "adapt", "check_train_blocks", "set_trainable", "freeze_batchnorm",
-           "inject_lora", "interpolate", "take_source_head", "source_relationship",
+           "inject_lora", "interpolate", "fit_penalty", "source_relationship",
            "is_adapter_param"]
 
 _NORM_LAYERS = (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm,
@@ -229,33 +231,57 @@ def interpolate(module, source_state, wise):
 
 
 # --------------------------------------------------------------------------- Co-Tuning
-def take_source_head(net, features, *, classification, reuse_head):
-    """The pretrained head for Co-Tuning, taken off ``net`` before a new head replaces it."""
+def _source_head_problem(net, features, *, classification, reuse_head, source_task=None):
+    """Why Co-Tuning cannot run on this fit (an error message), or ``None``."""
     if not classification:
-        raise ValueError(
-            "penalty='co_tuning' translates target classes into the pretrained head's "
-            "source classes: it is for FineTunedClassifier. Use another penalty for "
-            "regression (e.g. 'l2_sp' or 'bss')."
-        )
+        return ("penalty='co_tuning' translates target classes into the pretrained head's "
+                "source classes: it is for FineTunedClassifier. Use another penalty for "
+                "regression (e.g. 'l2_sp' or 'bss').")
     if reuse_head:
-        raise ValueError(
-            "penalty='co_tuning' trains the pretrained head next to a new one; with "
-            "reuse_head=True there is no new one. Set reuse_head=False, or use another penalty."
-        )
+        return ("penalty='co_tuning' trains the pretrained head next to a new one; with "
+                "reuse_head=True there is no new one. Set reuse_head=False, or use another "
+                "penalty.")
     if not net.has_head:
-        raise ValueError(
-            "penalty='co_tuning' needs the pretrained model's head over its source classes, "
-            "but this model has none (an encoder). Use another penalty (e.g. 'l2_sp' or 'bss')."
-        )
+        return ("penalty='co_tuning' needs the pretrained model's head over its source "
+                "classes, but this model has none (an encoder). Use another penalty (e.g. "
+                "'l2_sp' or 'bss').")
+    if source_task == "regression":
+        return ("penalty='co_tuning' needs a pretrained classification head, but the model "
+                "is a fitted regressor: its outputs are values, not source classes. Use "
+                "another penalty (e.g. 'l2_sp' or 'bss').")
     with torch.no_grad():
         out = net.head(features)
     if out.ndim != 2 or out.shape[1] < 2:
-        raise ValueError(
-            "penalty='co_tuning' needs a pretrained classification head (one output per "
-            f"source class), but the pretrained head outputs shape {tuple(out.shape[1:])}. "
-            "Use another penalty (e.g. 'l2_sp' or 'bss')."
-        )
-    return net.head
+        return ("penalty='co_tuning' needs a pretrained classification head (one output per "
+                f"source class), but the pretrained head outputs shape {tuple(out.shape[1:])}. "
+                "Use another penalty (e.g. 'l2_sp' or 'bss').")
+    return None
+
+
+def fit_penalty(penalty, alpha, resolved, features, *, classification, reuse_head, trains):
+    """``(penalty, alpha, source head)`` of one fit, from the estimator's ``penalty`` and
+    ``alpha`` on the pretrained model ``resolved`` (``features``: two samples' head
+    input; ``trains``: whether a pretrained block trains).
+
+    ``penalty="auto"`` is ``"co_tuning"`` where it can run and a pretrained block
+    trains (a classifier whose source has a classification head: torchvision, timm, a
+    Hugging Face ``...ForSequenceClassification``, a fitted ``FineTunedClassifier``, a
+    module whose head has two outputs or more), ``"l2_sp"`` otherwise;
+    ``alpha="auto"`` is the penalty's own strength (``_penalties.auto_alpha``). The
+    source head (Co-Tuning's pretrained head, or ``None``) is taken before a new head
+    replaces it.
+    """
+    problem = None if penalty not in ("auto", "co_tuning") else _source_head_problem(
+        resolved.net, features, classification=classification, reuse_head=reuse_head,
+        source_task=resolved.extra.get("task"))  # a fitted sktransfer estimator's task
+    if penalty == "auto":
+        penalty = "co_tuning" if trains and problem is None else "l2_sp"
+    alpha = auto_alpha(penalty) if isinstance(alpha, str) else float(alpha)
+    if penalty != "co_tuning":
+        return penalty, alpha, None
+    if problem:
+        raise ValueError(problem)
+    return penalty, alpha, resolved.net.head
 
 
 @torch.no_grad()

@@ -77,8 +77,16 @@ freeze_depth : int, "all" or "auto", default="auto"
     ``lr``). ``freeze_depth_``, ``lr_`` and ``freeze_depth_scores_`` say
     what it chose and why. Set it (e.g. in a grid search over
     ``freeze_depth``) to skip the inner folds.
-penalty : {"l2_sp", "l2", "l1", "bss", "co_tuning"} or None, default="l2_sp"
-    The regulariser ``R``. ``"l2_sp"``: ``1/2 ||theta - theta_s||^2`` over the
+penalty : {"auto", "l2_sp", "l2", "l1", "bss", "co_tuning"} or None, default="auto"
+    The regulariser ``R``. ``"auto"``: ``"co_tuning"`` where it can run and
+    a pretrained block trains (the classifier, with a pretrained model that
+    has a classification head: torchvision, timm, a Hugging Face
+    ``...ForSequenceClassification``, a fitted ``FineTunedClassifier``, a
+    module whose head has two outputs or more), ``"l2_sp"`` otherwise (the
+    regressor, an encoder such as ``TabularPretrainer``, a fitted
+    regressor, ``reuse_head=True``, ``freeze_depth="all"``); ``penalty_``
+    says which. A module trained as a multi-output *regressor* looks like a
+    classifier here: give it ``penalty="l2_sp"``. ``"l2_sp"``: ``1/2 ||theta - theta_s||^2`` over the
     trainable pretrained parameters plus ``1/2 ||theta||^2`` over the new
     head (Li et al., 2018); ``"l2"``: ``1/2 ||theta||^2``; ``"l1"``:
     ``||theta||_1``; sums over trainable parameters. ``"bss"``: batch
@@ -89,10 +97,13 @@ penalty : {"l2_sp", "l2", "l1", "bss", "co_tuning"} or None, default="l2_sp"
     mean source-class probabilities over the training samples of each target
     class (the relationship LEEP computes); ``R`` is its cross-entropy, and
     the pretrained head is dropped after ``fit``.
-alpha : float, default=1e-3
+alpha : float or "auto", default="auto"
     Strength ``lambda`` of the penalty in ``mean loss + alpha * R(theta)``,
-    added on every training batch (never to the validation loss). The
-    papers' values: ``"bss"`` 1e-3, ``"co_tuning"`` about 1 to 3.
+    added on every training batch (never to the validation loss). ``"auto"``:
+    1.0 for ``"co_tuning"`` (a cross-entropy, weighed like the data loss;
+    the paper uses about 1 to 3), 1e-3 for the others (the ``"bss"``
+    paper's value; ``alpha_`` says which). A number applies to whichever
+    penalty the fit uses: in a grid over ``alpha`` set ``penalty`` too.
 lr : float or "auto", default="auto"
     Learning rate of the head (and any new parameters). ``"auto"``: with
     ``freeze_depth="auto"``, fine-tuning is cross-validated at ``3e-3`` and
@@ -313,6 +324,10 @@ freeze_depth_scores_ : dict
     candidate, ``{0: ..., "all": ...}``, fine-tuning's at its better rate
     (``{0: nan}`` when no folds ran: with ``train_blocks``, or a class with a
     single sample).
+penalty_ : str or None
+    The penalty of the fit (``penalty``, or what ``"auto"`` gave).
+alpha_ : float
+    Its strength (``alpha``, or what ``"auto"`` gave).
 lr_ : float
     The learning rate of the head in the fit (``lr``, or the one ``"auto"``
     chose).

@@ -23,8 +23,8 @@ from skorch.callbacks import PassthroughScoring
 from torch import nn
 
 from ._accelerate import check_single_process_only, resolve_accelerator
-from ._adapt import (ADAPT_CONSTRAINTS, ADAPT_PARAMS, adapt, check_train_blocks,
-                     source_relationship, take_source_head)
+from ._adapt import (ADAPT_CONSTRAINTS, ADAPT_PARAMS, adapt, check_train_blocks, fit_penalty,
+                     source_relationship)
 from ._base import (
     TransferEstimatorMixin,
     one_fit_at_a_time,
@@ -58,8 +58,8 @@ class _BaseFineTuned(WeightsFileMixin, TransferEstimatorMixin, Trainer, BaseEsti
         "freeze_depth": [Interval(numbers.Integral, 0, None, closed="left"),
                          StrOptions({"all", "auto"})],
         "lr": [Interval(numbers.Real, 0, None, closed="neither"), StrOptions({"auto"})],
-        "penalty": [StrOptions({"l2", "l1", "l2_sp", "bss", "co_tuning"}), None],
-        "alpha": [Interval(numbers.Real, 0, None, closed="left")],
+        "penalty": [StrOptions({"auto", "l2", "l1", "l2_sp", "bss", "co_tuning"}), None],
+        "alpha": [Interval(numbers.Real, 0, None, closed="left"), StrOptions({"auto"})],
         "backbone_lr_scale": [Interval(numbers.Real, 0, None, closed="left")],
         "layer_decay": [Interval(numbers.Real, 0, 1, closed="right"), None],
         "lr_schedule": [StrOptions({"cosine", "warmup_cosine", "onecycle"}), None],
@@ -80,8 +80,8 @@ class _BaseFineTuned(WeightsFileMixin, TransferEstimatorMixin, Trainer, BaseEsti
         "memory": [None, str, os.PathLike, HasMethods(["cache"])],
     }
 
-    def __init__(self, model=None, weights=None, *, freeze_depth="auto", penalty="l2_sp",
-                 alpha=1e-3, lr="auto", backbone_lr_scale=1.0, layer_decay=None,
+    def __init__(self, model=None, weights=None, *, freeze_depth="auto", penalty="auto",
+                 alpha="auto", lr="auto", backbone_lr_scale=1.0, layer_decay=None,
                  lr_schedule=None, unfreeze_every=None,
                  train_blocks=None, train_params="all", adapter=None, adapter_rank=8,
                  adapter_alpha=16.0, bn="train", wise=1.0,
@@ -141,10 +141,8 @@ class _BaseFineTuned(WeightsFileMixin, TransferEstimatorMixin, Trainer, BaseEsti
     # -- training stages (see _trainer.Trainer) --------------------------------------
     def _optimizer(self):
         cls = optimizer_class(self.optimizer)
-        kwargs = {"weight_decay": self.weight_decay}
-        if cls is torch.optim.SGD:
-            kwargs["momentum"] = self.momentum
-        return cls, kwargs
+        sgd = {"momentum": self.momentum} if cls is torch.optim.SGD else {}
+        return cls, {"weight_decay": self.weight_decay, **sgd}
 
     def _lr(self):
         # lr="auto" outside freeze_depth="auto"'s search: the lower of its two rates
@@ -234,9 +232,10 @@ class _BaseFineTuned(WeightsFileMixin, TransferEstimatorMixin, Trainer, BaseEsti
             return (kept["X"][:2].float(), kept["start"]) if kept["start"] else None
 
         features = self._probe(resolved, data, preprocess, seed, frozen=frozen_outputs)
-        source_head = None if self.penalty != "co_tuning" else take_source_head(
-            resolved.net, features, classification=is_classifier(self),
-            reuse_head=self.reuse_head)
+        # "auto" penalty and alpha resolved, Co-Tuning's pretrained head kept (_adapt.py)
+        self.penalty_, self.alpha_, source_head = fit_penalty(
+            self.penalty, self.alpha, resolved, features, classification=is_classifier(self),
+            reuse_head=self.reuse_head, trains=bool(trained))
         module, _, new_prefixes = self._build_module(resolved, features, n_out, seed)
         train_idx, valid_idx = self._validation_split(len(data), stratify, seed)
         # every block frozen, in float32: the fit's frozen outputs are the probe's input
@@ -252,7 +251,7 @@ class _BaseFineTuned(WeightsFileMixin, TransferEstimatorMixin, Trainer, BaseEsti
             module, dataset, train_idx, y_tensor, n_out, start, self.batch_size)
         net = self._make_net(
             module, dataset, train_idx, valid_idx, device, accelerator,
-            penalty=self.penalty, alpha=float(self.alpha),
+            penalty=self.penalty_, alpha=self.alpha_,
             backbone_lr_scale=float(self.backbone_lr_scale), layer_decay=self.layer_decay,
             new_prefixes=new_prefixes, weighted=weights is not None,
             unfreeze_every=self.unfreeze_every, relationship=relationship, head_l2=head_l2,
@@ -290,7 +289,7 @@ class _BaseFineTuned(WeightsFileMixin, TransferEstimatorMixin, Trainer, BaseEsti
                         sample_weight=None if weights is None else weights[rows].numpy(),
                         memory=self.memory)
         # penalty=None (or alpha=0) regularises nothing: the head only starts at the probe
-        return None if self.penalty is None or self.alpha == 0 else l2
+        return None if self.penalty_ is None or self.alpha_ == 0 else l2
 
     def _sample_weights(self, data, y, sample_weight):
         """Per-sample weights as a float32 tensor, or ``None`` when all are equal."""
@@ -332,6 +331,7 @@ class _BaseFineTuned(WeightsFileMixin, TransferEstimatorMixin, Trainer, BaseEsti
             net=self.module_, preprocess=self._preprocess,
             input_shape=self._source_input_shape,
             description=f"fitted {type(self).__name__}",
+            extra={"task": "classification" if is_classifier(self) else "regression"},
         )
 
     def __sklearn_tags__(self):
@@ -412,8 +412,8 @@ class FineTunedClassifier(ClassifierMixin, _BaseFineTuned):
         "label_smoothing": [Interval(numbers.Real, 0, 1, closed="left"), StrOptions({"auto"})],
     }
 
-    def __init__(self, model=None, weights=None, *, freeze_depth="auto", penalty="l2_sp",
-                 alpha=1e-3, lr="auto", backbone_lr_scale=1.0, layer_decay=None,
+    def __init__(self, model=None, weights=None, *, freeze_depth="auto", penalty="auto",
+                 alpha="auto", lr="auto", backbone_lr_scale=1.0, layer_decay=None,
                  lr_schedule=None, unfreeze_every=None,
                  train_blocks=None, train_params="all", adapter=None, adapter_rank=8,
                  adapter_alpha=16.0, bn="train", wise=1.0,

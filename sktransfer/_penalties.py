@@ -44,6 +44,16 @@ from scipy import sparse
 FEATURE_PENALTIES = ("bss", "co_tuning")
 #: singular values shrunk by "bss": the paper's k = 1 (its best setting)
 BSS_K = 1
+#: alpha="auto": the strength of each penalty (AUTO_ALPHA[None] for the others)
+AUTO_ALPHA = {"co_tuning": 1.0, None: 1e-3}
+
+
+def auto_alpha(kind):
+    """``alpha="auto"``'s value for the penalty ``kind``: 1.0 for ``"co_tuning"`` (a
+    cross-entropy, weighed like the data loss; You et al. use 1 to 3), 1e-3 for the
+    others (a sum over parameters or singular values: Li et al.'s L2-SP, Chen et
+    al.'s BSS strength)."""
+    return AUTO_ALPHA.get(kind, AUTO_ALPHA[None])
 
 def _sq(params):
     return torch.stack([p.pow(2).sum() for p in params]).sum() if params else None

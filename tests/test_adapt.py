@@ -385,6 +385,35 @@ def test_co_tuning_needs_a_classifier_and_a_pretrained_classification_head(sourc
         fit(encoder, X, y, penalty="co_tuning")
 
 
+def test_penalty_auto_is_co_tuning_where_it_can_run_and_l2_sp_elsewhere(source, data):
+    X, y = data
+    auto = fit(source, X, y, penalty="auto", alpha="auto")
+    assert (auto.penalty_, auto.alpha_) == ("co_tuning", 1.0)
+    explicit = fit(source, X, y, penalty="co_tuning", alpha=1.0)
+    np.testing.assert_allclose(auto.predict_proba(X), explicit.predict_proba(X), atol=1e-6)
+    assert differs(auto, fit(source, X, y, penalty="l2_sp", alpha=1e-3), X)
+    # a number is the strength of whichever penalty "auto" gives
+    assert fit(source, X, y, penalty="auto", alpha=0.5, max_epochs=1).alpha_ == 0.5
+    assert fit(source, X, y, penalty="l2_sp", alpha="auto", max_epochs=1).alpha_ == 1e-3
+    # nothing pretrained trains, or no new head next to the pretrained one: L2-SP
+    for params in ({"freeze_depth": "all"}, {"reuse_head": True}):
+        target = np.asarray(y) - 5 if params.get("reuse_head") else y
+        est = fit(source, X, target, penalty="auto", alpha="auto", max_epochs=1, **params)
+        assert (est.penalty_, est.alpha_) == ("l2_sp", 1e-3), params
+    encoder = split_model(nn.Sequential(nn.Flatten(), nn.Linear(144, 8), nn.ReLU()),
+                          blocks=["0", "1", "2"], head=None)
+    assert fit(encoder, X, y, penalty="auto", max_epochs=1).penalty_ == "l2_sp"
+    # a regressor, and a classifier on a fitted multi-output regressor (values, not classes)
+    Y = np.column_stack([y, -np.asarray(y)]).astype(float)
+    reg = fit(source, X, Y, cls=FineTunedRegressor, penalty="auto", max_epochs=1)
+    assert reg.penalty_ == "l2_sp"
+    assert fit(reg, X, y, penalty="auto", max_epochs=1).penalty_ == "l2_sp"
+    with pytest.raises(ValueError, match="is a fitted regressor"):
+        fit(reg, X, y, penalty="co_tuning")
+    # a fitted classifier is a source with source classes
+    assert fit(auto, X, y, penalty="auto", max_epochs=1).penalty_ == "co_tuning"
+
+
 # -- with the rest of the estimator --------------------------------------------------------
 def test_grid_search_chooses_between_methods_and_clones_them(source, data):
     X, y = data

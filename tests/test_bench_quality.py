@@ -70,7 +70,8 @@ def test_adaptation_rows_run_where_they_apply(bench, capsys):
                        *adaptations, "methods"])
     _, table = table_rows(capsys.readouterr().out.split("Mean fit time")[0])
     assert table[bench.label("norm_only")] == [table[bench.label("norm_only")][0], ""]
-    assert table[bench.label("co_tuning")][1] == ""  # a regression task
+    for name in ("co_tuning", "l2_sp"):  # methods of penalty="auto"'s classifier only
+        assert table[bench.label(name)][1] == "", name  # synth-reg: a regression task
     assert all(cells[0] for cells in table.values())  # every method ran on digits-bn-5
     search = [r for r in rows if r["method"] == "methods" and r["task"] == "digits-bn-5"]
     # --quick: 2 candidates, the defaults and WiSE-FT applied to fine-tuning

@@ -62,7 +62,9 @@ def search(data):
     X, y = data
     pipe = Pipeline([("scale", StandardScaler()),
                      ("net", FineTunedClassifier(model=tiny_net(), max_epochs=2, lr=5e-2,
-                                                 **CPU))])
+                                                 penalty="l2_sp", **CPU))])
+    # a grid over alpha sets the penalty that alpha weighs (penalty="auto" would be
+    # Co-Tuning on fine-tuning, L2-SP on the probe)
     grid = {"net__freeze_depth": [0, 1, "all"], "net__alpha": [1e-4, 1e-2]}
     # log loss: scores that differ from cell to cell even after 2 epochs
     return GridSearchCV(pipe, grid, cv=2, scoring="neg_log_loss").fit(X, y)

@@ -33,6 +33,7 @@ class GroupRates(Callback):
 def test_layer_decay_scales_each_block_from_the_top(source_cnn, digits):
     spy = GroupRates()
     FineTunedClassifier(model=source_cnn, freeze_depth=0, lr=0.01, backbone_lr_scale=0.5,
+                        penalty="l2_sp",  # no Co-Tuning source head: the blocks' groups only
                         layer_decay=0.5,
                         max_epochs=1, random_state=0, net_kwargs={"callbacks": [spy]},
                         **CPU).fit(digits["X_target"][:64], digits["y_target"][:64])
@@ -46,6 +47,7 @@ def test_layer_decay_scales_each_block_from_the_top(source_cnn, digits):
 def test_layer_decay_skips_frozen_blocks(source_cnn, digits):
     spy = GroupRates()
     FineTunedClassifier(model=source_cnn, freeze_depth=1, lr=0.01, layer_decay=0.5,
+                        penalty="l2_sp",
                         backbone_lr_scale=0.1,
                         max_epochs=1, random_state=0, net_kwargs={"callbacks": [spy]},
                         **CPU).fit(digits["X_target"][:64], digits["y_target"][:64])
@@ -63,6 +65,7 @@ def rates_close(a, b):
 def test_epoch_schedules(source_cnn, digits, schedule, check):
     spy = GroupRates()
     est = FineTunedClassifier(model=source_cnn, freeze_depth=0, lr=0.01, lr_schedule=schedule,
+                              penalty="l2_sp",
                               max_epochs=10,
                               random_state=0, net_kwargs={"callbacks": [spy]}, **CPU)
     est.fit(digits["X_target"][:64], digits["y_target"][:64])
