@@ -195,11 +195,13 @@ def frozen_features(seed):
 def fine_tuned(seed):
     """Fine-tune the pretrained CNN with a new head, nothing set but the seed.
 
-    L2-SP (the default penalty) pulls the weights toward their pretrained
-    values; ``freeze_depth="auto"`` and ``lr="auto"`` (the defaults) run the
-    cross-validation inside ``fit``: the probe (every block frozen), or every
-    block fine-tuned at 3e-3 or at 1e-2, each with a warm-up and cosine annealing.
-    ``freeze_depth_`` and ``lr_`` say which. No outer search is needed; a
+    The source is a classifier, so ``penalty="auto"`` (the default) is
+    Co-Tuning: its head keeps training next to the new one, toward the source
+    classes each target class resembles. ``freeze_depth="auto"`` and
+    ``lr="auto"`` (the defaults) run the cross-validation inside ``fit``: the
+    probe (every block frozen), or every block fine-tuned at 3e-3 or at 1e-2,
+    each with a warm-up and cosine annealing. ``freeze_depth_``, ``lr_`` and
+    ``penalty_`` say which. No outer search is needed; a
     ``GridSearchCV`` over ``alpha`` or the adaptation methods can still wrap it.
     """
     clf = FineTunedClassifier(model=source_clf, random_state=seed)

@@ -327,8 +327,8 @@ def plot_search_heatmap(search, x="alpha", y="freeze_depth", ax=None,
     >>> X = rng.normal(size=(60, 4)).astype(np.float32)
     >>> y = (X[:, 0] > 0).astype(int)
     >>> source_net = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3))
-    >>> clf = FineTunedClassifier(model=source_net, max_epochs=3, random_state=0,
-    ...                           device="cpu")
+    >>> clf = FineTunedClassifier(model=source_net, penalty="l2_sp", max_epochs=3,
+    ...                           random_state=0, device="cpu")
     >>> search = GridSearchCV(clf, {"alpha": [1e-4, 1e-2], "freeze_depth": [0, "all"]},
     ...                       cv=2).fit(X, y)
     >>> ax = plot_search_heatmap(search, x="alpha", y="freeze_depth")
