@@ -249,8 +249,12 @@ def _source_head_problem(net, features, *, classification, reuse_head, source_ta
         return ("penalty='co_tuning' needs a pretrained classification head, but the model "
                 "is a fitted regressor: its outputs are values, not source classes. Use "
                 "another penalty (e.g. 'l2_sp' or 'bss').")
-    with torch.no_grad():
-        out = net.head(features)
+    was_training = net.head.training
+    try:  # in eval mode: a BatchNorm in the head keeps its statistics (and 2 rows work)
+        with torch.no_grad():
+            out = net.head.eval()(features)
+    finally:
+        net.head.train(was_training)
     if out.ndim != 2 or out.shape[1] < 2:
         return ("penalty='co_tuning' needs a pretrained classification head (one output per "
                 f"source class), but the pretrained head outputs shape {tuple(out.shape[1:])}. "
