@@ -27,6 +27,10 @@ Tasks (``--tasks``: a name or a group, e.g. ``digits``):
   ``FineTunedRegressor(penalty=None, head_init="random", freeze_depth=0,
   backbone_lr_scale=1.0, lr=3e-3, max_epochs=40, batch_size=128)`` on 4 source targets. Columns are
   standardised with the source table's statistics for every method.
+- ``synth-clf16``: synth-clf from a *classifier* source: the same MLP and
+  settings, ``FineTunedClassifier`` on 16 source classes (which of the 4
+  source targets are above their median), so that ``penalty="auto"`` is
+  Co-Tuning on a table too.
 - ``pretrain-5``: ``TabularPretrainer(method="contrastive")`` (defaults) on
   the unlabeled 70 % of the digits table, 5 labelled rows per class
   (:func:`~sktransfer.datasets.load_digits_table`).
@@ -322,6 +326,13 @@ def pretrain_source(key, quick=False):
             model=partial(mlp, 20, (64, 64, 32), 4), penalty=None, head_init="random",
             freeze_depth=0, lr=3e-3, max_epochs=epochs or 40, batch_size=128, random_state=0,
         ).fit(scaler.transform(d.X_source), d.y_source)
+    if key == "synth-classes":  # the same source rows, classified: 16 sign patterns
+        d, scaler = _synth_tables(regression=False)
+        classes = (d.y_source > np.median(d.y_source, axis=0)) @ (2 ** np.arange(4))
+        return FineTunedClassifier(
+            model=partial(mlp, 20, (64, 64, 32), 16), penalty=None, head_init="random",
+            freeze_depth=0, lr=3e-3, max_epochs=epochs or 40, batch_size=128, random_state=0,
+        ).fit(scaler.transform(d.X_source), classes)
     if key == "pretrain":
         d = load_digits_table(1, random_state=0)
         return TabularPretrainer(method="contrastive", max_epochs=epochs or 100,
@@ -351,6 +362,10 @@ def make_tasks():
              (0, 1, 2, "all"), source_classes=False)
         for kind in ("clf", "reg")
     ]
+    tasks.append(Task(  # synth-clf from a classifier source: Co-Tuning on a table
+        "synth-clf16", "synth-classes", False, partial(_synth_draw, False, 150),
+        "synth-classes", 32, lambda n_out, seed: mlp(20, (64, 64, 32), n_out, seed),
+        (0, 1, 2, "all")))
     unlabeled = load_digits_table(1, random_state=0).X_unlabeled
     tasks.append(Task(
         "pretrain-5", "pretrain", False, partial(_table_draw, 5), "pretrain", 256,
