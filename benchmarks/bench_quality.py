@@ -320,19 +320,17 @@ def pretrain_source(key, quick=False):
         d = load_shifted_digits(None)
         return skorch_pretrain(make_digits_cnn(5, random_state=0), d.X_source, d.y_source,
                                lr=3e-3, epochs=epochs or 15)
-    if key == "synth":
-        d, scaler = _synth_tables(regression=False)  # the same source table for both
-        return FineTunedRegressor(
-            model=partial(mlp, 20, (64, 64, 32), 4), penalty=None, head_init="random",
-            freeze_depth=0, lr=3e-3, max_epochs=epochs or 40, batch_size=128, random_state=0,
-        ).fit(scaler.transform(d.X_source), d.y_source)
-    if key == "synth-classes":  # the same source rows, classified: 16 sign patterns
-        d, scaler = _synth_tables(regression=False)
-        classes = (d.y_source > np.median(d.y_source, axis=0)) @ (2 ** np.arange(4))
-        return FineTunedClassifier(
-            model=partial(mlp, 20, (64, 64, 32), 16), penalty=None, head_init="random",
-            freeze_depth=0, lr=3e-3, max_epochs=epochs or 40, batch_size=128, random_state=0,
-        ).fit(scaler.transform(d.X_source), classes)
+    if key in ("synth", "synth-classes"):
+        d, scaler = _synth_tables(regression=False)  # the same source table for all
+        y = d.y_source  # its 4 targets, or (synth-classes) which are above their median
+        if key == "synth-classes":
+            y = (y > np.median(y, axis=0)) @ (2 ** np.arange(4))  # 16 source classes
+        cls = FineTunedRegressor if key == "synth" else FineTunedClassifier
+        return cls(
+            model=partial(mlp, 20, (64, 64, 32), 4 if key == "synth" else 16), penalty=None,
+            head_init="random", freeze_depth=0, lr=3e-3, max_epochs=epochs or 40,
+            batch_size=128, random_state=0,
+        ).fit(scaler.transform(d.X_source), y)
     if key == "pretrain":
         d = load_digits_table(1, random_state=0)
         return TabularPretrainer(method="contrastive", max_epochs=epochs or 100,

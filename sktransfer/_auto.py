@@ -79,7 +79,8 @@ def _candidates(estimator):
     tune, probe = ({"freeze_depth": [depth]} for depth in AUTO_DEPTHS)
     if not isinstance(estimator.lr, str):
         return [tune, probe]
-    higher = {**tune, "lr": [AUTO_LRS[1]], "lr_schedule": [estimator.lr_schedule or AUTO_SCHEDULE]}
+    # a numeric lr keeps a constant rate: the higher one gets lr="auto"'s schedule spelt out
+    higher = {**tune, "lr": [AUTO_LRS[1]], "lr_schedule": [estimator._lr_schedule()]}
     return [tune, higher, probe]
 
 

@@ -88,8 +88,9 @@ penalty : {"auto", "l2_sp", "l2", "l1", "bss", "co_tuning"} or None, default="au
     says which. A module trained as a multi-output *regressor* looks like a
     classifier here: give it ``penalty="l2_sp"``. ``"l2_sp"``: ``1/2
     ||theta - theta_s||^2`` over the trainable pretrained parameters plus
-    ``1/2 ||theta||^2`` over the new head (Li et al., 2018); ``"l2"``: ``1/2 ||theta||^2``; ``"l1"``:
-    ``||theta||_1``; sums over trainable parameters. ``"bss"``: batch
+    ``1/2 ||theta||^2`` over the new head (Li et al., 2018); ``"l2"``:
+    ``1/2 ||theta||^2``; ``"l1"``: ``||theta||_1``; sums over trainable
+    parameters. ``"bss"``: batch
     spectral shrinkage (Chen et al., 2019), the square of the smallest
     singular value of each batch's features (the head's input).
     ``"co_tuning"`` (classifier only, You et al., 2020): the pretrained head

@@ -110,8 +110,8 @@ def test_optimizer_groups_leave_frozen_out_and_scale_backbone(bn_source, digits)
             seen["module"] = net.module_
 
     clf = FineTunedClassifier(model=bn_source, freeze_depth=2, lr=0.01, backbone_lr_scale=0.1,
-                              penalty="l2_sp", max_epochs=1, random_state=0, net_kwargs={"callbacks": [Spy()]},
-                              **CPU)
+                              penalty="l2_sp", max_epochs=1, random_state=0,
+                              net_kwargs={"callbacks": [Spy()]}, **CPU)
     clf.fit(digits["X_target"][:64], digits["y_target"][:64])
     module = seen["module"]
     head_ids = {id(p) for p in module.head.parameters()}
