@@ -108,8 +108,10 @@ alpha : float or "auto", default="auto"
 lr : float or "auto", default="auto"
     Learning rate of the head (and any new parameters). ``"auto"``: with
     ``freeze_depth="auto"``, fine-tuning is cross-validated at ``3e-3`` and
-    at ``1e-2``, in the same folds as the probe; with any other
-    ``freeze_depth``, ``3e-3``. An ``"auto"`` rate warms up and anneals
+    at ``1e-2``, in the same folds as the probe (500 steps each, see
+    ``max_epochs``); with any other ``freeze_depth``, ``3e-3`` for three
+    times the steps where a pretrained block trains, about as far as
+    ``1e-2`` would move it. An ``"auto"`` rate warms up and anneals
     (``lr_schedule="warmup_cosine"``) unless ``lr_schedule`` is set. On
     ``benchmarks/bench_quality.py`` the higher rate won up to 3.5 points on
     image tasks whose source was trained on other classes and lost 1.3 to
@@ -195,7 +197,9 @@ max_epochs : int or "auto", default="auto"
     Maximum number of passes over the training data. ``"auto"`` sets a
     budget in optimisation steps that fits the data size: ``max(10,
     ceil(500 / steps per epoch))`` epochs, so 25 samples get 500 steps of
-    one batch and a 10,000-row table 10 passes. The epochs used are in
+    one batch and a 10,000-row table 10 passes; 1,500 steps with
+    ``lr="auto"`` at a set ``freeze_depth`` where a pretrained block trains
+    (see ``lr``). The epochs used are in
     ``max_epochs_``, the steps of each in ``history_[i]["steps"]``.
     With early stopping and ``"auto"`` the patience is at least a tenth of
     the epochs.

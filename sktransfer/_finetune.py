@@ -31,7 +31,7 @@ from ._base import (
     seed_from_random_state,
     unchanged_on_error,
 )
-from ._auto import AUTO_LRS, AUTO_SCHEDULE, fit_auto_depth
+from ._auto import AUTO_LRS, AUTO_SCHEDULE, AUTO_SET_DEPTH_STEPS, fit_auto_depth
 from ._blocks import check_freeze_depth, freeze_blocks
 from ._device import autocast, autocast_dtype, check_precision
 from ._docstrings import fill_doc
@@ -92,8 +92,7 @@ class _BaseFineTuned(WeightsFileMixin, TransferEstimatorMixin, Trainer, BaseEsti
                  memory=None, random_state=None,
                  device="auto", precision="32", accelerator=None, preprocess="auto",
                  verbose=0, net_kwargs=None):
-        # scikit-learn's convention: every argument stored unchanged under its name
-        # (validated in fit); one loop instead of one line per parameter
+        # scikit-learn's convention: every argument stored unchanged (validated in fit)
         for name, value in locals().items():
             if name != "self":
                 setattr(self, name, value)
@@ -144,12 +143,14 @@ class _BaseFineTuned(WeightsFileMixin, TransferEstimatorMixin, Trainer, BaseEsti
         sgd = {"momentum": self.momentum} if cls is torch.optim.SGD else {}
         return cls, {"weight_decay": self.weight_decay, **sgd}
 
-    def _lr(self):
-        # lr="auto" outside freeze_depth="auto"'s search: the lower of its two rates
+    def _lr(self):  # lr="auto" outside freeze_depth="auto"'s search: its lower rate ...
         return AUTO_LRS[0] if isinstance(self.lr, str) else self.lr
 
-    def _lr_schedule(self):
-        # lr="auto" brings its warm-up and annealing where lr_schedule is not set
+    def _auto_steps(self):  # ... for 3x max_epochs="auto"'s steps where blocks train (_auto.py)
+        longer = isinstance(self.lr, str) and self._fine_tunes
+        return AUTO_SET_DEPTH_STEPS if longer else super()._auto_steps()
+
+    def _lr_schedule(self):  # lr="auto" brings its warm-up and annealing (unless set)
         auto = self.lr_schedule is None and isinstance(self.lr, str)
         return AUTO_SCHEDULE if auto else self.lr_schedule
 
@@ -163,8 +164,7 @@ class _BaseFineTuned(WeightsFileMixin, TransferEstimatorMixin, Trainer, BaseEsti
             return []
         return [("lr_scheduler", lr_scheduler(schedule, epochs, steps_per_epoch))]
 
-    def _skorch_kwargs(self, dataset):
-        # with sample weights, the net weighs per-sample losses itself
+    def _skorch_kwargs(self, dataset):  # with sample weights the net weighs each sample's loss
         return {"criterion__reduction": "none"} if dataset.sample_weight is not None else {}
 
     def _divergence_advice(self):
@@ -221,6 +221,7 @@ class _BaseFineTuned(WeightsFileMixin, TransferEstimatorMixin, Trainer, BaseEsti
         check_freeze_depth(self.freeze_depth, n_blocks)
         trained = check_train_blocks(self.train_blocks, self.freeze_depth, n_blocks,
                                      self.unfreeze_every)
+        self._fine_tunes = bool(trained)  # a pretrained block trains (_auto_steps)
         kept = {}
 
         def frozen_outputs():
@@ -311,8 +312,7 @@ class _BaseFineTuned(WeightsFileMixin, TransferEstimatorMixin, Trainer, BaseEsti
         data = validate_input(self, X, reset=False,
                               nan_columns=source_nan_columns(self.module_))
         module = self.module_
-        # the frozen blocks' outputs: kept ones reused, new ones kept (_prefix_cache);
-        # gradual unfreezing trained them all, so nothing is frozen at the end
+        # frozen blocks' outputs kept and reused (_prefix_cache); gradual unfreezing froze none
         depth = self.freeze_depth_ if self.unfreeze_every is None else 0
         amp = autocast_dtype(self.precision, self.device_, strict=False)
         with autocast(self.device_, amp):  # as _map_batches: the fit's precision

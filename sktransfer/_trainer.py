@@ -15,7 +15,8 @@ A subclass says what differs through small stages, each overridable alone:
 * ``_net_class``: the skorch net (``TransferNet``, ``_PretrainNet``);
 * ``_criterion()``: the loss class, or ``None`` when the net computes its loss;
 * ``_optimizer()``: the optimizer class and its keyword arguments;
-* ``_n_epochs(n_train)``: the number of epochs of this fit;
+* ``_n_epochs(n_train)``: the number of epochs of this fit (``_auto_steps()``:
+  the steps ``max_epochs="auto"`` aims at);
 * ``_scoring_callbacks()``: extra history columns (averaged across processes);
 * ``_schedule_callbacks(epochs, steps_per_epoch)``: learning-rate schedules;
 * ``_skorch_kwargs(dataset)``: any other skorch argument of this fit;
@@ -83,18 +84,19 @@ def epoch_steps(n_train, batch_size):
     return (n_train // batch_size if drop_last else -(-n_train // batch_size)), drop_last
 
 
-def auto_epochs(n_train, batch_size):
-    """The epochs of ``max_epochs="auto"``: ``max(10, ceil(500 / steps per epoch))``.
+def auto_epochs(n_train, batch_size, steps=AUTO_STEPS):
+    """The epochs of ``max_epochs="auto"``: ``max(10, ceil(steps / steps per epoch))``.
 
     A fixed number of epochs gives a 25-sample fit a hundred steps and a
     6,000-sample one tens of thousands. "auto" aims at a number of steps
-    instead (500: what fine-tuning needed on the few-label tasks of
+    instead (``steps``: an estimator's ``_auto_steps()``, by default
+    ``AUTO_STEPS``, 500: what fine-tuning needed on the few-label tasks of
     ``benchmarks/bench_quality.py``), with at least 10 passes over a large
     training set. Steps per epoch as the training loader makes them
     (:func:`epoch_steps`).
     """
-    steps = max(1, epoch_steps(n_train, batch_size)[0])
-    return max(AUTO_MIN_EPOCHS, -(-AUTO_STEPS // steps))
+    per_epoch = max(1, epoch_steps(n_train, batch_size)[0])
+    return max(AUTO_MIN_EPOCHS, -(-steps // per_epoch))
 
 
 #: ``label_smoothing="auto"`` where a pretrained block trains
@@ -384,10 +386,14 @@ class Trainer(NetEstimatorMixin):
         """The learning rate of this fit (``lr`` as set)."""
         return self.lr
 
+    def _auto_steps(self):
+        """The optimisation steps ``max_epochs="auto"`` aims at."""
+        return AUTO_STEPS
+
     def _n_epochs(self, n_train):
         """The number of epochs of this fit (at most: early stopping may end it sooner)."""
         if self.max_epochs == "auto":
-            return auto_epochs(n_train, self.batch_size)
+            return auto_epochs(n_train, self.batch_size, self._auto_steps())
         return self.max_epochs
 
     def _patience(self, epochs):

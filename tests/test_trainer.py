@@ -174,6 +174,43 @@ def test_the_auto_budget_gives_the_promised_number_of_steps():
     assert (fixed.max_epochs_, fixed.n_iter_) == (3, 3)
 
 
+def test_auto_lr_at_a_set_depth_fine_tunes_for_three_times_the_auto_steps(monkeypatch):
+    from sklearn.model_selection import GridSearchCV
+
+    from sktransfer import FineTunedClassifier
+    from tests.conftest import tiny_mlp
+
+    rng = np.random.RandomState(0)
+    X = rng.normal(size=(40, 5)).astype(np.float32)
+    y = (X[:, 0] * X[:, 1] > 0).astype(int)  # far from linear in the random features
+
+    def fit(**params):
+        return FineTunedClassifier(model=tiny_mlp(), batch_size=8, random_state=0,
+                                   device="cpu", **params).fit(X, y)
+
+    def steps(clf):
+        return sum(row["steps"] for row in clf.history_)
+
+    # lr="auto" where pretrained blocks train at a set depth: 3e-3 for 1,500 steps
+    assert steps(fit(freeze_depth=0)) == steps(fit(train_blocks=[1])) == 1500
+    # a head alone, a numeric rate: the plain 500
+    assert steps(fit(freeze_depth="all")) == steps(fit(freeze_depth=0, lr=3e-3)) == 500
+    # freeze_depth="auto": its candidates spell lr="auto"'s rates as numbers (500 steps
+    # each, as above), and so does the refit of the winner
+    searches = []
+    search_fit = GridSearchCV.fit
+
+    def record(search, *args, **kwargs):
+        searches.append(search)
+        return search_fit(search, *args, **kwargs)
+
+    monkeypatch.setattr(GridSearchCV, "fit", record)
+    auto = fit()
+    (search,) = searches
+    assert [p["lr"] for p in search.cv_results_["params"]] == [3e-3, 1e-2, 3e-3]
+    assert auto.freeze_depth_ == 0 and steps(auto) == 500
+
+
 def test_early_stopping_with_the_auto_budget_is_patient_for_a_tenth_of_it():
     from sktransfer import FineTunedClassifier
     from tests.conftest import tiny_mlp
