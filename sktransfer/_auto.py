@@ -39,7 +39,7 @@ would move the weights, at a rate that is safer where nothing chooses
 between the two (a head alone on frozen blocks keeps 500). Fine-tuning every
 block that way (``freeze_depth=0``) gained +2.4, +2.5 and +1.0 points on the
 digits at 5, 10 and 30 labels per class, +0.5 and +0.4 on digits-bn and +0.7
-on shifted-25 against 500 steps, and lost 0.5 to 2.1 on the tables, where
+on shifted-25 against 500 steps, and lost 0.0 to 2.1 on the tables, where
 the probe beats any fine-tuning (1e-2 for 500 steps lost 1.3 to 5.4 there).
 A ``GridSearchCV`` over ``freeze_depth`` x ``alpha`` went from 0.830 / 0.894
 to 0.875 / 0.929 on the digits at 5 / 10 labels per class (plain skorch from
