@@ -40,7 +40,8 @@ from ._inputs import class_sample_weights, source_nan_columns, validate_input
 from ._net import BatchDataset, TransferNet
 from ._persist import WeightsFileMixin
 from ._prefix_cache import frozen_then, starting_at, training_inputs
-from ._trainer import OPTIMIZERS, Trainer, label_smoothing, lr_scheduler, optimizer_class
+from ._trainer import (AUTO_STEPS, OPTIMIZERS, Trainer, label_smoothing, lr_scheduler,
+                       optimizer_class)
 from ._weights import ResolvedModel
 
 __all__ = ["FineTunedClassifier", "FineTunedRegressor"]
@@ -146,9 +147,8 @@ class _BaseFineTuned(WeightsFileMixin, TransferEstimatorMixin, Trainer, BaseEsti
     def _lr(self):  # lr="auto" outside freeze_depth="auto"'s search: its lower rate ...
         return AUTO_LRS[0] if isinstance(self.lr, str) else self.lr
 
-    def _auto_steps(self):  # ... for 3x max_epochs="auto"'s steps where blocks train (_auto.py)
-        longer = isinstance(self.lr, str) and self._fine_tunes
-        return AUTO_SET_DEPTH_STEPS if longer else super()._auto_steps()
+    def _auto_steps(self, trains):  # ... for 3x the steps where blocks train (_auto.py)
+        return AUTO_SET_DEPTH_STEPS if trains and isinstance(self.lr, str) else AUTO_STEPS
 
     def _lr_schedule(self):  # lr="auto" brings its warm-up and annealing (unless set)
         auto = self.lr_schedule is None and isinstance(self.lr, str)
@@ -221,7 +221,6 @@ class _BaseFineTuned(WeightsFileMixin, TransferEstimatorMixin, Trainer, BaseEsti
         check_freeze_depth(self.freeze_depth, n_blocks)
         trained = check_train_blocks(self.train_blocks, self.freeze_depth, n_blocks,
                                      self.unfreeze_every)
-        self._fine_tunes = bool(trained)  # a pretrained block trains (_auto_steps)
         kept = {}
 
         def frozen_outputs():
@@ -256,6 +255,7 @@ class _BaseFineTuned(WeightsFileMixin, TransferEstimatorMixin, Trainer, BaseEsti
             backbone_lr_scale=float(self.backbone_lr_scale), layer_decay=self.layer_decay,
             new_prefixes=new_prefixes, weighted=weights is not None,
             unfreeze_every=self.unfreeze_every, relationship=relationship, head_l2=head_l2,
+            auto_steps=self._auto_steps(bool(trained)),
             **plan.net_params(), **self._loss_kwargs(bool(plan.trained)))
         with starting_at(module, start):
             module, history = self._train(net, dataset, train_idx, seed, device,

@@ -55,6 +55,7 @@ def auto_alpha(kind):
     al.'s BSS strength)."""
     return AUTO_ALPHA.get(kind, AUTO_ALPHA[None])
 
+
 def _sq(params):
     return torch.stack([p.pow(2).sum() for p in params]).sum() if params else None
 

@@ -15,8 +15,8 @@ A subclass says what differs through small stages, each overridable alone:
 * ``_net_class``: the skorch net (``TransferNet``, ``_PretrainNet``);
 * ``_criterion()``: the loss class, or ``None`` when the net computes its loss;
 * ``_optimizer()``: the optimizer class and its keyword arguments;
-* ``_n_epochs(n_train)``: the number of epochs of this fit (``_auto_steps()``:
-  the steps ``max_epochs="auto"`` aims at);
+* ``_n_epochs(n_train, auto_steps)``: the number of epochs of this fit
+  (``auto_steps``: the steps ``max_epochs="auto"`` aims at, ``_make_net``'s);
 * ``_scoring_callbacks()``: extra history columns (averaged across processes);
 * ``_schedule_callbacks(epochs, steps_per_epoch)``: learning-rate schedules;
 * ``_skorch_kwargs(dataset)``: any other skorch argument of this fit;
@@ -89,7 +89,7 @@ def auto_epochs(n_train, batch_size, steps=AUTO_STEPS):
 
     A fixed number of epochs gives a 25-sample fit a hundred steps and a
     6,000-sample one tens of thousands. "auto" aims at a number of steps
-    instead (``steps``: an estimator's ``_auto_steps()``, by default
+    instead (``steps``: ``_make_net``'s ``auto_steps``, by default
     ``AUTO_STEPS``, 500: what fine-tuning needed on the few-label tasks of
     ``benchmarks/bench_quality.py``), with at least 10 passes over a large
     training set. Steps per epoch as the training loader makes them
@@ -386,14 +386,10 @@ class Trainer(NetEstimatorMixin):
         """The learning rate of this fit (``lr`` as set)."""
         return self.lr
 
-    def _auto_steps(self):
-        """The optimisation steps ``max_epochs="auto"`` aims at."""
-        return AUTO_STEPS
-
-    def _n_epochs(self, n_train):
+    def _n_epochs(self, n_train, auto_steps=AUTO_STEPS):
         """The number of epochs of this fit (at most: early stopping may end it sooner)."""
         if self.max_epochs == "auto":
-            return auto_epochs(n_train, self.batch_size, self._auto_steps())
+            return auto_epochs(n_train, self.batch_size, auto_steps)
         return self.max_epochs
 
     def _patience(self, epochs):
@@ -448,9 +444,10 @@ class Trainer(NetEstimatorMixin):
         return callbacks
 
     def _make_net(self, module, dataset, train_idx, valid_idx, device, accelerator=None,
-                  **net_params):
+                  auto_steps=AUTO_STEPS, **net_params):
         """The private skorch net of this fit; ``dataset`` holds all samples.
 
+        ``auto_steps``: the optimisation steps of ``max_epochs="auto"`` in this fit.
         ``net_params`` go to the net class (``freeze_depth``, ``penalty``, ...).
         With an ``accelerator`` the net class gets skorch's ``AccelerateMixin``
         and the accelerator, not skorch, places the network.
@@ -458,7 +455,7 @@ class Trainer(NetEstimatorMixin):
         check_precision(self.precision, device, accelerator)  # the net trains in it
         n_train = len(train_idx)
         steps, drop_last = epoch_steps(n_train, self.batch_size)
-        epochs = self._n_epochs(n_train)
+        epochs = self._n_epochs(n_train, auto_steps)
         train_split = None
         if valid_idx is not None:
             from skorch.helper import predefined_split
